@@ -1,0 +1,98 @@
+//! One module per subcommand.
+
+pub mod analyze;
+pub mod cluster;
+pub mod demo;
+pub mod dlq;
+pub mod run;
+pub mod scheduler;
+pub mod status;
+pub mod submit;
+pub mod task;
+pub mod tasks;
+pub mod worker;
+pub mod workers;
+
+use anyhow::Context as _;
+use kiln_proto::v1;
+
+use crate::output::OutputFormat;
+
+pub struct Context {
+    pub schedulers: Vec<String>,
+    pub output: OutputFormat,
+}
+
+impl Context {
+    pub fn client(&self) -> anyhow::Result<kiln_proto::Client> {
+        kiln_proto::Client::new(self.schedulers.clone()).context("bad --scheduler address")
+    }
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match v1::TaskState::try_from(state).unwrap_or(v1::TaskState::Unspecified) {
+        v1::TaskState::Unspecified => "unknown",
+        v1::TaskState::Queued => "queued",
+        v1::TaskState::Leased => "leased",
+        v1::TaskState::Succeeded => "succeeded",
+        v1::TaskState::DeadLettered => "dead_lettered",
+        v1::TaskState::Cancelled => "cancelled",
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StateArg {
+    Queued,
+    Leased,
+    Succeeded,
+    DeadLettered,
+    Cancelled,
+}
+
+impl From<StateArg> for v1::TaskState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Queued => v1::TaskState::Queued,
+            StateArg::Leased => v1::TaskState::Leased,
+            StateArg::Succeeded => v1::TaskState::Succeeded,
+            StateArg::DeadLettered => v1::TaskState::DeadLettered,
+            StateArg::Cancelled => v1::TaskState::Cancelled,
+        }
+    }
+}
+
+/// The JSON shape of a task for `--output json`: the wire task with readable state and metadata.
+pub fn task_json(t: &v1::Task) -> serde_json::Value {
+    let job = t.job.clone().unwrap_or_default();
+    let result = t.result.as_ref().map(|r| {
+        serde_json::json!({
+            "metadata": serde_json::from_str::<serde_json::Value>(&r.metadata_json).unwrap_or(serde_json::Value::Null),
+            "outputs": r.outputs.iter().map(|o| serde_json::json!({
+                "renderer": o.renderer, "uri": o.uri, "sha256": o.sha256, "bytes": o.bytes, "content_type": o.content_type,
+            })).collect::<Vec<_>>(),
+            "timings_micros": r.timings.iter().map(|t| (t.renderer.clone(), t.micros)).collect::<std::collections::BTreeMap<_, _>>(),
+            "manifest_uri": r.manifest_uri,
+        })
+    });
+    serde_json::json!({
+        "id": t.id,
+        "state": state_name(t.state),
+        "request_id": job.request_id,
+        "release_id": job.release_id,
+        "asset_id": job.asset_id,
+        "asset_guid": job.asset_guid,
+        "derivative_assets": job.derivative_assets,
+        "queue": job.queue,
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "attempts": t.attempts,
+        "worker": t.worker,
+        "submitted_at": crate::output::ms_to_rfc3339(t.submitted_at_ms),
+        "updated_at": crate::output::ms_to_rfc3339(t.updated_at_ms),
+        "last_error": if t.last_error.is_empty() { None } else { Some(&t.last_error) },
+        "result": result,
+        "history": t.history.iter().map(|h| serde_json::json!({
+            "at": crate::output::ms_to_rfc3339(h.at_ms), "kind": h.kind, "worker": h.worker, "attempt": h.attempt, "detail": h.detail,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,61 @@
+//! `kiln scheduler`: run one scheduler node until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML configuration (section [scheduler]); env KILN_SCHEDULER__<KEY> overrides it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where the Raft log and snapshots live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP listen address for /metrics and /healthz.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Start empty and wait to be added to a running cluster (`kiln cluster add`); `peers` in the
+    /// config lists the current members and this node.
+    #[arg(long)]
+    join: bool,
+    /// Disaster recovery after a majority of nodes is lost for good: restart this node as a
+    /// one-member cluster with everything it knew to be committed, then add new nodes to it.
+    #[arg(long, conflicts_with = "join")]
+    force_new_cluster: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut opts = kiln_config::load(args.config.as_deref(), std::env::vars())?;
+    let s = &mut opts.scheduler;
+    if let Some(v) = args.data_dir {
+        s.data_dir = v;
+    }
+    if let Some(v) = args.listen {
+        s.listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        s.http_listen = v;
+    }
+    if let Some(v) = args.node_id {
+        s.node_id = v;
+    }
+    if args.join {
+        s.join = true;
+    }
+    if args.force_new_cluster {
+        s.force_new_cluster = true;
+    }
+    opts.scheduler.validate()?;
+    let running = kiln_scheduler::start(&opts.scheduler).await.context("cannot start the scheduler")?;
+    println!("kiln scheduler: node {} serving gRPC on {} and HTTP on {}", opts.scheduler.node_id, running.grpc_addr(), running.http_addr());
+    crate::signals::shutdown().await;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `kiln worker`: run a long-lived worker until SIGTERM, then drain.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::cmd::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML configuration (section [worker]); env KILN_WORKER__<KEY> overrides it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Worker id (default: the host name).
+    #[arg(long)]
+    id: Option<String>,
+    /// Render slots (default: physical cores).
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Where masters are read from (path or URL).
+    #[arg(long)]
+    masters: Option<String>,
+    /// Where derivatives are written (path or URL).
+    #[arg(long)]
+    derivatives: Option<String>,
+    /// Do not pin render threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let mut opts = kiln_config::load(args.config.as_deref(), std::env::vars())?;
+    let w = &mut opts.worker;
+    // --scheduler (or KILN_SCHEDULER) overrides the file only when given explicitly.
+    if std::env::args().any(|a| a.starts_with("--scheduler")) || std::env::var_os("KILN_SCHEDULER").is_some() {
+        w.schedulers = ctx.schedulers.clone();
+    }
+    if let Some(v) = args.id {
+        w.id = Some(v);
+    }
+    if let Some(v) = args.slots {
+        w.slots = Some(v);
+    }
+    if let Some(v) = args.masters {
+        w.masters = v;
+    }
+    if let Some(v) = args.derivatives {
+        w.derivatives = v;
+    }
+    if args.no_pin {
+        w.pin_cores = false;
+    }
+    opts.worker.validate()?;
+    let worker = kiln_worker::Worker::new(opts.worker).context("cannot start the worker")?;
+    worker.run(crate::signals::shutdown()).await.context("worker stopped")?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! `kiln`: the one binary users run — scheduler, worker, the client commands, and the all-in-one
+//! `kiln run` / `kiln demo`.
+//!
+//! Thin by design: each subcommand lives in `cmd/` and calls into the library crates. Errors reach
+//! the user as one clear line (with context) and a non-zero exit code.
+
+mod cmd;
+mod manifest;
+mod output;
+mod signals;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::OutputFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Render derivative assets (BPM, key, loudness, waveform, AAC, artwork) for audio catalogs on a fleet of long-lived workers.",
+    long_about = "Render derivative assets (BPM, key, loudness, waveform, 128 kb/s AAC, artwork) for catalogs of \
+audio masters, on long-lived workers coordinated by a Raft-replicated scheduler.\n\n\
+Start here:\n  kiln demo                         synthesize masters and run the whole pipeline locally\n  \
+kiln run ./masters --out ./derivs  render a folder on this machine\n\n\
+A cluster:\n  kiln scheduler --config kiln.toml  run a scheduler node\n  \
+kiln worker --config kiln.toml     run a worker\n  kiln submit --manifest jobs.jsonl  submit a catalog\n  \
+kiln status --watch                watch it go"
+)]
+struct Cli {
+    /// Scheduler address(es); any member works, the client follows the leader.
+    #[arg(long, global = true, env = "KILN_SCHEDULER", value_delimiter = ',', default_value = "http://127.0.0.1:7450")]
+    scheduler: Vec<String>,
+
+    /// Output format of listing commands.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on synthesized masters with known answers (embedded one-node cluster).
+    Demo(cmd::demo::Args),
+    /// BPM, key and loudness of local audio files (CSV or JSON), no scheduler needed.
+    Analyze(cmd::analyze::Args),
+    /// Render a folder of masters (or a manifest) on this machine: embedded scheduler + worker.
+    Run(cmd::run::Args),
+    /// Run a scheduler node.
+    Scheduler(cmd::scheduler::Args),
+    /// Run a worker.
+    Worker(cmd::worker::Args),
+    /// Submit one task from flags, or a manifest of many (JSONL or CSV).
+    Submit(cmd::submit::Args),
+    /// Counts, rates and progress of the cluster.
+    Status(cmd::status::Args),
+    /// One task with its history.
+    Task(cmd::task::Args),
+    /// List tasks, filtered by state, queue or release.
+    Tasks(cmd::tasks::Args),
+    /// Cancel a task that has not finished.
+    Cancel(cmd::task::CancelArgs),
+    /// Inspect, requeue or purge dead-lettered tasks.
+    Dlq(cmd::dlq::Args),
+    /// Connected workers, their slots and leases.
+    Workers(cmd::workers::Args),
+    /// Raft members, leader, term, commit and applied index.
+    Cluster(cmd::cluster::Args),
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Server processes log at info; client commands stay quiet unless something is wrong.
+    let level = match cli.command {
+        Command::Scheduler(_) | Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let ctx = cmd::Context { schedulers: cli.scheduler, output: cli.output };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(a) => cmd::demo::run(&ctx, a).await,
+            Command::Run(a) => cmd::run::run(&ctx, a).await,
+            Command::Analyze(a) => cmd::analyze::run(a).await,
+            Command::Scheduler(a) => cmd::scheduler::run(a).await,
+            Command::Worker(a) => cmd::worker::run(&ctx, a).await,
+            Command::Submit(a) => cmd::submit::run(&ctx, a).await,
+            Command::Status(a) => cmd::status::run(&ctx, a).await,
+            Command::Task(a) => cmd::task::run(&ctx, a).await,
+            Command::Tasks(a) => cmd::tasks::run(&ctx, a).await,
+            Command::Cancel(a) => cmd::task::cancel(&ctx, a).await,
+            Command::Dlq(a) => cmd::dlq::run(&ctx, a).await,
+            Command::Workers(a) => cmd::workers::run(&ctx, a).await,
+            Command::Cluster(a) => cmd::cluster::run(&ctx, a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Options of `kiln scheduler`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerOptions {
+    pub id: u64,
+    /// gRPC address of that node, e.g. `http://10.0.0.2:7450`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerOptions {
+    /// This node's Raft id (non-zero, unique in the cluster).
+    pub node_id: u64,
+    /// Where the Raft log, hard state and snapshots live (sled).
+    pub data_dir: PathBuf,
+    /// gRPC listen address (clients, workers, peers).
+    pub listen: SocketAddr,
+    /// HTTP listen address for `/metrics` and `/healthz`.
+    pub http_listen: SocketAddr,
+    /// Address other processes should use to reach this node (defaults to `http://{listen}`).
+    pub advertise: Option<String>,
+    /// All founding voting members including this one. Empty: a single-member cluster. Read on
+    /// the very first start only; later, membership is what `kiln cluster add|remove` made it.
+    pub peers: Vec<PeerOptions>,
+    /// Start with an empty store and wait to be added to a running cluster with
+    /// `kiln cluster add` (instead of founding a cluster of `peers`).
+    pub join: bool,
+    /// Disaster recovery only (a majority of nodes lost for good): start as a one-member cluster
+    /// holding everything this node knew to be committed. Pass it once, as a flag; never keep it
+    /// in a config file.
+    pub force_new_cluster: bool,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// How long finished tasks stay inspectable before they are compacted into counters.
+    #[serde(with = "humantime_serde")]
+    pub gc_ttl: Duration,
+    /// Submissions are refused beyond this many unfinished-or-uncollected tasks.
+    pub max_live_tasks: u64,
+    /// Raft log entries between snapshots.
+    pub snapshot_every: u64,
+    /// Most ledger commands carried by one Raft entry.
+    pub max_batch: usize,
+    #[serde(with = "humantime_serde")]
+    pub raft_tick: Duration,
+    pub election_ticks: usize,
+    /// Idle workers take unstarted tasks from the deepest buffers when the queues run dry
+    /// (DESIGN §3). Off only to measure what it buys.
+    pub work_stealing: bool,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("kiln-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7450)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7451)),
+            advertise: None,
+            peers: Vec::new(),
+            join: false,
+            force_new_cluster: false,
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(3),
+            retry_backoff_base: Duration::from_secs(2),
+            retry_backoff_max: Duration::from_secs(300),
+            gc_ttl: Duration::from_secs(24 * 3600),
+            max_live_tasks: 2_000_000,
+            snapshot_every: 20_000,
+            max_batch: 4096,
+            raft_tick: Duration::from_millis(100),
+            election_ticks: 10,
+            work_stealing: true,
+        }
+    }
+}
+
+impl SchedulerOptions {
+    pub fn advertise_address(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Invalid(format!("scheduler: {m}")));
+        if self.node_id == 0 {
+            return bad("node_id must be non-zero".into());
+        }
+        if self.heartbeat_interval * 2 > self.lease_ttl {
+            return bad(format!(
+                "heartbeat_interval ({:?}) must be at most half of lease_ttl ({:?}) or leases lapse between beats",
+                self.heartbeat_interval, self.lease_ttl
+            ));
+        }
+        if self.retry_backoff_base > self.retry_backoff_max {
+            return bad("retry_backoff_base is larger than retry_backoff_max".into());
+        }
+        if self.max_batch == 0 || self.snapshot_every == 0 || self.max_live_tasks == 0 {
+            return bad("max_batch, snapshot_every and max_live_tasks must be positive".into());
+        }
+        if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.node_id) {
+            return bad(format!("peers does not list this node (node_id {})", self.node_id));
+        }
+        if self.election_ticks < 3 {
+            return bad("election_ticks must be at least 3".into());
+        }
+        Ok(())
+    }
+}

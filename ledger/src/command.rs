@@ -1,0 +1,129 @@
+//! Commands the ledger accepts, and what applying one produces.
+
+use kiln_types::{EncodeJob, QueueName, RequestId, TaskId, WorkerId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::task::TaskResult;
+
+/// A worker as it introduces itself on its session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub id: WorkerId,
+    pub hostname: String,
+    pub slots: u32,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    /// Relative speed in thousandths of the reference core, so the ledger stays free of floats.
+    pub speed_milli: u32,
+    pub queues: Vec<QueueName>,
+    pub version: String,
+}
+
+/// Selects dead-lettered tasks. An empty filter selects nothing unless `all` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterFilter {
+    pub task_ids: Vec<TaskId>,
+    pub queue: Option<QueueName>,
+    pub release_id: Option<i64>,
+    pub error_contains: Option<String>,
+    pub all: bool,
+}
+
+/// One replicated state change. The leader stamps `now` on it; `apply` never reads a clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Admit jobs. Idempotent per `request_id`. All-or-nothing against the live-task limit.
+    Submit { jobs: Vec<EncodeJob> },
+    /// A worker opened a session (or reconnected). Re-registering updates the record.
+    RegisterWorker { spec: WorkerSpec },
+    /// A worker's session ended. Its leases stay until they expire or it reconnects.
+    DisconnectWorker { worker: WorkerId },
+    /// Stop leasing to this worker (SIGTERM drain).
+    DrainWorker { worker: WorkerId },
+    /// Lease up to `max` ready tasks from the worker's queues: highest priority first, then FIFO.
+    Lease { worker: WorkerId, max: u32 },
+    /// Work stealing: lease these tasks, held by other workers and not started there, to the idle
+    /// `thief`. Chosen by [`crate::Ledger::steal_plan`]; each is re-checked here (still held
+    /// under that lease, never stolen before, in one of the thief's queues) and skipped if not.
+    /// The previous holder gets a `Revoke`; if it had started anyway, the first completion counts.
+    Steal { thief: WorkerId, tasks: Vec<(TaskId, u32)> },
+    /// Extend every lease the worker holds to `now + lease_ttl` (coalesced heartbeats).
+    Renew { worker: WorkerId },
+    Complete { task: TaskId, lease_seq: u32, worker: WorkerId, result: TaskResult },
+    Fail { task: TaskId, lease_seq: u32, worker: WorkerId, error: String, permanent: bool },
+    /// Give leases back without counting an attempt (drain, unstarted prefetch).
+    Release { worker: WorkerId, leases: Vec<(TaskId, u32)>, reason: String },
+    /// Expire every lease whose deadline is at or before `now`; each counts as a failed attempt.
+    ExpireLeases,
+    /// After a leader change: no live lease may expire before `now + grace_ms`.
+    GraceLeases { grace_ms: i64 },
+    Cancel { task: TaskId },
+    RequeueDeadLetters { filter: DeadLetterFilter },
+    PurgeDeadLetters { filter: DeadLetterFilter },
+    /// Drop terminal tasks older than the GC TTL, keeping their counts.
+    CollectGarbage,
+}
+
+/// Why a command was refused. Deterministic: every replica refuses the same command the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum Rejection {
+    #[error("the ledger is full: {live} live tasks, limit {limit}; retry when tasks complete")]
+    Full { live: u64, limit: u64 },
+    #[error("no task {0}")]
+    UnknownTask(TaskId),
+    #[error("no task with request_id {0}")]
+    UnknownRequest(RequestId),
+    #[error("unknown worker {0}")]
+    UnknownWorker(WorkerId),
+    #[error("task {task} is already {state}")]
+    AlreadyTerminal { task: TaskId, state: String },
+    #[error("request_id {request_id} is used by task {task} with a different job")]
+    ConflictingRequest { request_id: RequestId, task: TaskId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitOutcome {
+    pub task: TaskId,
+    /// False when the request_id was already known: the existing task is returned.
+    pub created: bool,
+}
+
+/// A task handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub task: TaskId,
+    pub lease_seq: u32,
+    /// 1 on the first try.
+    pub attempt: u32,
+    pub job: EncodeJob,
+    /// How long the task waited in its queue (since submission, requeue or release; a retry's
+    /// backoff included) before this lease: the "lease latency" operators watch. 0 for a steal.
+    pub waited_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Submitted(Vec<SubmitOutcome>),
+    Leased(Vec<Lease>),
+    /// Complete / Fail / Release: `accepted` is false for a stale lease (ignored, changes nothing).
+    Reported { accepted: bool },
+    /// Requeue, purge, expire, GC, renew: how many tasks were affected.
+    Count(u64),
+    Done,
+}
+
+/// Something the shell must do because of a command (only the leader acts on effects).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Tell the worker to drop this task (cancelled, expired, stolen).
+    Revoke { worker: WorkerId, task: TaskId, lease_seq: u32, reason: String },
+    /// Tasks became ready in these queues: wake idle workers.
+    TasksReady { queues: Vec<QueueName> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub outcome: Result<Outcome, Rejection>,
+    pub effects: Vec<Effect>,
+}

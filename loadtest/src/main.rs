@@ -1,0 +1,294 @@
+//! `kiln-loadtest`: drives a real scheduler with simulated submitters and workers and reports
+//! throughput and latency.
+//!
+//! Workers speak the real `WorkerSession` protocol over gRPC, so the measured path is the one
+//! production takes: submit → Raft commit + fsync → lease → assignment on the stream → completion
+//! → Raft commit + fsync → ack. Tasks are no-ops (or sleep for `--task-ms`), so the scheduler is
+//! the only thing measured.
+//!
+//! With `--embedded` it starts a one-node scheduler in-process on a temporary data dir; otherwise
+//! it targets `--scheduler`. With `--cluster N` (or `--schedulers a,b,c`) it drives a replicated
+//! cluster of real processes, optionally with chaos: see the `chaos` module.
+//! `--fleet` runs the heterogeneous-fleet scenario instead (see
+//! [`fleet`]): makespan against its lower bound, with work stealing on and off.
+
+mod chaos;
+mod fleet;
+mod sim;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+#[derive(Parser)]
+#[command(about = "Load-test a Kiln scheduler with simulated workers and submitters.")]
+struct Args {
+    /// Scheduler address (ignored with --embedded).
+    #[arg(long, default_value = "http://127.0.0.1:7450")]
+    scheduler: String,
+    /// Start a one-node scheduler in this process (temporary data dir).
+    #[arg(long)]
+    embedded: bool,
+    #[arg(long, default_value_t = 20_000)]
+    tasks: u64,
+    #[arg(long, default_value_t = 8)]
+    workers: u32,
+    #[arg(long, default_value_t = 8)]
+    slots: u32,
+    /// Tasks each worker holds ahead of its slots.
+    #[arg(long, default_value_t = 1)]
+    prefetch: u32,
+    /// Jobs per Submit call.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 4)]
+    submitters: usize,
+    /// Simulated render time per task.
+    #[arg(long, default_value_t = 0)]
+    task_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    cluster: chaos::ClusterArgs,
+    /// Heterogeneous-fleet scenario: one simulated worker per `--speeds` entry, heavy-tailed
+    /// task durations, run with work stealing on and then off (embedded scheduler).
+    #[arg(long)]
+    fleet: bool,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4", requires = "fleet")]
+    speeds: Vec<f64>,
+    /// Shortest task at 1× (Pareto scale), for --fleet.
+    #[arg(long, default_value_t = 20.0, requires = "fleet")]
+    min_ms: f64,
+    /// Pareto shape for --fleet: smaller is heavier-tailed.
+    #[arg(long, default_value_t = 1.5, requires = "fleet")]
+    alpha: f64,
+    #[arg(long, default_value_t = 1, requires = "fleet")]
+    seed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    assigned: AtomicU64,
+    acked: AtomicU64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn simulated_worker(
+    address: String,
+    id: String,
+    slots: u32,
+    prefetch: u32,
+    task_ms: u64,
+    counters: Arc<Counters>,
+    ack_latencies: mpsc::UnboundedSender<u64>,
+) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(address)?.tcp_nodelay(true).connect().await?;
+    let mut client = v1::worker_session_client::WorkerSessionClient::new(channel);
+    let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(4096);
+    let capacity = slots * (1 + prefetch);
+    tx.send(v1::WorkerMessage {
+        msg: Some(Up::Hello(v1::Hello {
+            worker_id: id.clone(),
+            hostname: "loadtest".into(),
+            slots,
+            cores: slots,
+            speed: 1.0,
+            queues: vec!["default".into()],
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    tx.send(v1::WorkerMessage { msg: Some(Up::Want(v1::Want { count: capacity })) }).await?;
+    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut sent_at = std::collections::HashMap::new();
+    while let Some(msg) = inbound.next().await {
+        match msg?.msg {
+            Some(Down::Assign(a)) => {
+                counters.assigned.fetch_add(a.tasks.len() as u64, Ordering::Relaxed);
+                for t in a.tasks {
+                    let Some(lease) = t.lease else { continue };
+                    let tx = tx.clone();
+                    sent_at.insert((lease.task_id, lease.lease_seq), Instant::now());
+                    crate::sim::complete_after(tx, lease, task_ms);
+                }
+            }
+            Some(Down::Ack(ack)) => {
+                if let Some(lease) = ack.lease {
+                    if let Some(at) = sent_at.remove(&(lease.task_id, lease.lease_seq)) {
+                        let _ = ack_latencies.send(at.elapsed().as_micros() as u64);
+                    }
+                }
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+                // Every ack frees one place: ask for exactly that much more.
+                let held = sent_at.len() as u32;
+                let want = capacity.saturating_sub(held);
+                if want > 0 {
+                    tx.send(v1::WorkerMessage { msg: Some(Up::Want(v1::Want { count: want })) }).await?;
+                }
+            }
+            Some(Down::Welcome(_)) | Some(Down::Revoke(_)) | None => {}
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("warn")).with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    if args.cluster.wanted() {
+        let load = chaos::Load {
+            tasks: args.tasks,
+            workers: args.workers,
+            slots: args.slots,
+            prefetch: args.prefetch,
+            batch: args.batch,
+            submitters: args.submitters,
+            task_ms: args.task_ms,
+            json: args.json,
+        };
+        return chaos::run(load, args.cluster).await;
+    }
+    if args.fleet {
+        let o = fleet::Options {
+            tasks: args.tasks,
+            speeds: args.speeds.clone(),
+            slots: args.slots,
+            prefetch: args.prefetch,
+            min_ms: args.min_ms,
+            alpha: args.alpha,
+            seed: args.seed,
+        };
+        let report = fleet::run(&o).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let temp = tempfile::tempdir()?;
+    let embedded = if args.embedded {
+        let opts = kiln_config::SchedulerOptions {
+            data_dir: temp.path().join("ledger"),
+            listen: "127.0.0.1:0".parse()?,
+            http_listen: "127.0.0.1:0".parse()?,
+            max_live_tasks: args.tasks.max(1) * 2,
+            ..Default::default()
+        };
+        let running = kiln_scheduler::start(&opts).await.context("starting the embedded scheduler")?;
+        // A one-member cluster elects itself within a tick or two; measure from there.
+        while running.handle().status().await.map_or(true, |s| s.leader_id == 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(running)
+    } else {
+        None
+    };
+    let address = match &embedded {
+        Some(s) => format!("http://{}", s.grpc_addr()),
+        None => args.scheduler.clone(),
+    };
+    let run_id = format!("lt-{}", std::process::id());
+    let counters = Arc::new(Counters::default());
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel();
+    for w in 0..args.workers {
+        let (addr, id, c, lat) = (address.clone(), format!("{run_id}-w{w}"), counters.clone(), lat_tx.clone());
+        let (slots, prefetch, task_ms) = (args.slots, args.prefetch, args.task_ms);
+        tokio::spawn(async move {
+            // Like a real worker, reconnect when the session ends (leader change, restart).
+            loop {
+                match simulated_worker(addr.clone(), id.clone(), slots, prefetch, task_ms, c.clone(), lat.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        eprintln!("{id}: {e:#}; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(lat_tx);
+
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut submitters = Vec::new();
+    for _ in 0..args.submitters {
+        let (next, address, run_id) = (next.clone(), address.clone(), run_id.clone());
+        let (total, batch) = (args.tasks, args.batch as u64);
+        submitters.push(tokio::spawn(async move {
+            let mut client = kiln_proto::Client::new([address])?;
+            loop {
+                let from = next.fetch_add(batch, Ordering::Relaxed);
+                if from >= total {
+                    return anyhow::Ok(());
+                }
+                let jobs = (from..(from + batch).min(total))
+                    .map(|i| crate::sim::job(&run_id, i))
+                    .collect::<Vec<_>>();
+                crate::sim::submit(&mut client, jobs).await?;
+            }
+        }));
+    }
+    for s in submitters {
+        s.await??;
+    }
+    let submit_secs = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while counters.acked.load(Ordering::Relaxed) < args.tasks {
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out: {} of {} tasks acknowledged", counters.acked.load(Ordering::Relaxed), args.tasks);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::new();
+    while let Ok(l) = lat_rx.try_recv() {
+        latencies.push(l);
+    }
+    latencies.sort_unstable();
+    let report = serde_json::json!({
+        "tasks": args.tasks,
+        "workers": args.workers,
+        "slots": args.slots,
+        "prefetch": args.prefetch,
+        "submit_secs": submit_secs,
+        "submit_tasks_per_sec": args.tasks as f64 / submit_secs,
+        "end_to_end_secs": total_secs,
+        "end_to_end_tasks_per_sec": args.tasks as f64 / total_secs,
+        "completion_ack_latency_ms": {
+            "p50": percentile(&latencies, 0.50) as f64 / 1000.0,
+            "p99": percentile(&latencies, 0.99) as f64 / 1000.0,
+            "max": latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+        },
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("tasks                 {}", args.tasks);
+        println!("workers × slots       {} × {} (prefetch {})", args.workers, args.slots, args.prefetch);
+        println!("submit                {:.0} tasks/s ({:.2} s)", args.tasks as f64 / submit_secs, submit_secs);
+        println!("end to end            {:.0} tasks/s ({:.2} s, submit + lease + ack, each durable)", args.tasks as f64 / total_secs, total_secs);
+        println!(
+            "completion→ack        p50 {:.1} ms  p99 {:.1} ms",
+            percentile(&latencies, 0.50) as f64 / 1000.0,
+            percentile(&latencies, 0.99) as f64 / 1000.0
+        );
+    }
+    if let Some(s) = embedded {
+        s.shutdown().await;
+    }
+    Ok(())
+}

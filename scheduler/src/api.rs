@@ -1,0 +1,245 @@
+//! The `kiln.v1.Scheduler` service: what the CLI and scripts call. Thin: parse, propose or read,
+//! convert.
+
+use kiln_ledger::{Command, DeadLetterFilter, Outcome, TaskFilter};
+use kiln_proto::v1::{self, scheduler_server::Scheduler};
+use kiln_types::{QueueName, RendererName, RequestId, TaskId, BUILTIN_RENDERERS};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::handle::Handle;
+use crate::node::now_ms;
+use crate::status::{from_propose, from_rejection};
+
+/// Most jobs accepted in one Submit call; clients split larger manifests.
+pub const MAX_JOBS_PER_SUBMIT: usize = 10_000;
+
+pub struct Api {
+    handle: Handle,
+    /// For what only the leader's sessions know (busy slots, prefetch depth).
+    hub: std::sync::Arc<crate::sessions::Hub>,
+}
+
+impl Api {
+    pub fn new(handle: Handle, hub: std::sync::Arc<crate::sessions::Hub>) -> Self {
+        Self { handle, hub }
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Outcome, Status> {
+        self.handle.propose(cmd).await.map_err(from_propose)?.map_err(from_rejection)
+    }
+}
+
+fn unexpected(outcome: Outcome) -> Status {
+    Status::internal(format!("unexpected ledger outcome: {outcome:?}"))
+}
+
+fn filter_from_pb(f: v1::DeadLetterFilter) -> Result<DeadLetterFilter, Status> {
+    Ok(DeadLetterFilter {
+        task_ids: f.task_ids.into_iter().map(TaskId).collect(),
+        queue: match f.queue.as_str() {
+            "" => None,
+            q => Some(QueueName::new(q).map_err(|e| Status::invalid_argument(e.to_string()))?),
+        },
+        release_id: f.release_id,
+        error_contains: Some(f.error_contains).filter(|s| !s.is_empty()),
+        all: f.all,
+    })
+}
+
+#[tonic::async_trait]
+impl Scheduler for Api {
+    async fn submit(&self, request: Request<v1::SubmitRequest>) -> Result<Response<v1::SubmitResponse>, Status> {
+        let jobs = request.into_inner().jobs;
+        if jobs.len() > MAX_JOBS_PER_SUBMIT {
+            return Err(Status::invalid_argument(format!(
+                "{} jobs in one call; send at most {MAX_JOBS_PER_SUBMIT} per call",
+                jobs.len()
+            )));
+        }
+        let mut parsed = Vec::with_capacity(jobs.len());
+        for (i, pb) in jobs.into_iter().enumerate() {
+            let request_id = pb.request_id.clone();
+            let job = kiln_proto::job_from_pb(pb).map_err(|e| {
+                Status::invalid_argument(format!("job {} (request_id {request_id:?}): {e}", i + 1))
+            })?;
+            if let Some(unknown) = job.derivative_assets.iter().find(|r| !known_renderer(r)) {
+                return Err(Status::invalid_argument(format!(
+                    "job {} (request_id {request_id:?}): unknown renderer `{unknown}` (known: {})",
+                    i + 1,
+                    BUILTIN_RENDERERS.join(", ")
+                )));
+            }
+            parsed.push(job);
+        }
+        match self.propose(Command::Submit { jobs: parsed }).await? {
+            Outcome::Submitted(results) => Ok(Response::new(v1::SubmitResponse {
+                results: results
+                    .into_iter()
+                    .map(|r| v1::SubmitResult { task_id: r.task.0, created: r.created })
+                    .collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_task(&self, request: Request<v1::GetTaskRequest>) -> Result<Response<v1::Task>, Status> {
+        let key = request.into_inner().key.ok_or_else(|| Status::invalid_argument("give a task_id or request_id"))?;
+        let found = match key {
+            v1::get_task_request::Key::TaskId(id) => self
+                .handle
+                .read_fresh(move |l, _| l.task(TaskId(id)).map(|t| convert::task_to_pb(t, true)))
+                .await
+                .map_err(from_propose)?,
+            v1::get_task_request::Key::RequestId(rid) => {
+                let rid = RequestId::new(rid).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.handle
+                    .read_fresh(move |l, _| l.task_by_request(&rid).map(|t| convert::task_to_pb(t, true)))
+                    .await
+                    .map_err(from_propose)?
+            }
+        };
+        found.map(Response::new).ok_or_else(|| {
+            Status::not_found("no such task (it may have been garbage-collected; see `kiln status` totals)")
+        })
+    }
+
+    async fn list_tasks(&self, request: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let r = request.into_inner();
+        let state = v1::TaskState::try_from(r.state).map_err(|_| Status::invalid_argument("unknown task state"))?;
+        let queue = match r.queue.as_str() {
+            "" => None,
+            q => Some(QueueName::new(q).map_err(|e| Status::invalid_argument(e.to_string()))?),
+        };
+        let limit = match r.limit {
+            0 => 1000,
+            n => (n as usize).min(10_000),
+        };
+        let filter = TaskFilter {
+            state: convert::state_from_pb(state),
+            queue,
+            release_id: r.release_id,
+            after: (r.after_id > 0).then_some(TaskId(r.after_id)),
+            limit,
+        };
+        let with_history = r.with_history;
+        let tasks = self
+            .handle
+            .read_fresh(move |l, _| l.list(&filter).into_iter().map(|t| convert::task_to_pb(t, with_history)).collect::<Vec<_>>())
+            .await
+            .map_err(from_propose)?;
+        let next_after_id = if tasks.len() == limit { tasks.last().map_or(0, |t| t.id) } else { 0 };
+        Ok(Response::new(v1::ListTasksResponse { tasks, next_after_id }))
+    }
+
+    async fn cancel(&self, request: Request<v1::CancelRequest>) -> Result<Response<v1::CancelResponse>, Status> {
+        let id = TaskId(request.into_inner().task_id);
+        self.propose(Command::Cancel { task: id }).await?;
+        let task = self.handle.read(move |l, _| l.task(id).map(|t| convert::task_to_pb(t, false))).await.map_err(from_propose)?;
+        Ok(Response::new(v1::CancelResponse { task }))
+    }
+
+    async fn requeue_dead_letters(&self, request: Request<v1::DeadLetterFilter>) -> Result<Response<v1::CountResponse>, Status> {
+        let filter = filter_from_pb(request.into_inner())?;
+        match self.propose(Command::RequeueDeadLetters { filter }).await? {
+            Outcome::Count(count) => Ok(Response::new(v1::CountResponse { count })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn purge_dead_letters(&self, request: Request<v1::DeadLetterFilter>) -> Result<Response<v1::CountResponse>, Status> {
+        let filter = filter_from_pb(request.into_inner())?;
+        match self.propose(Command::PurgeDeadLetters { filter }).await? {
+            Outcome::Count(count) => Ok(Response::new(v1::CountResponse { count })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn status(&self, _request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        let now = now_ms();
+        let status = self
+            .handle
+            .read(move |l, node| {
+                let (completions, failures) = l.rates_per_minute(now);
+                let workers: Vec<_> = l.workers().into_iter().filter(|w| w.connected).collect();
+                v1::StatusResponse {
+                    live: Some(convert::counts_to_pb(&l.counts())),
+                    total: Some(convert::counts_to_pb(&l.totals())),
+                    submitted_total: l.submitted_total(),
+                    workers: workers.len() as u64,
+                    slots: workers.iter().map(|w| u64::from(w.spec.slots)).sum(),
+                    running: l.counts().leased,
+                    completions_per_minute: completions as f64,
+                    failures_per_minute: failures as f64,
+                    queues: l
+                        .queues()
+                        .into_iter()
+                        .map(|q| v1::QueueStatus {
+                            name: q.name.map(|n| n.to_string()).unwrap_or_default(),
+                            ready: q.ready,
+                            retrying: q.retrying,
+                            leased: q.leased,
+                        })
+                        .collect(),
+                    cluster: Some(crate::cluster_to_pb(node)),
+                    now_ms: now,
+                }
+            })
+            .await
+            .map_err(from_propose)?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_workers(&self, _request: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let mut workers: Vec<v1::WorkerInfo> = self
+            .handle
+            .read(|l, _| l.workers().into_iter().map(convert::worker_to_pb).collect())
+            .await
+            .map_err(from_propose)?;
+        let live = self.hub.live();
+        for w in &mut workers {
+            if let Some(l) = kiln_types::WorkerId::new(w.id.clone()).ok().and_then(|id| live.get(&id)) {
+                w.busy_slots = l.busy_slots;
+                w.buffered = l.buffered;
+            }
+        }
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    /// This node's own view, served by whichever node is asked (it is how nodes are compared).
+    async fn cluster(&self, _request: Request<v1::ClusterRequest>) -> Result<Response<v1::ClusterResponse>, Status> {
+        let response = self
+            .handle
+            .read(|l, status| v1::ClusterResponse { ledger_digest: crate::ledger_digest(l), ..crate::cluster_to_pb(status) })
+            .await
+            .map_err(from_propose)?;
+        Ok(Response::new(response))
+    }
+
+    async fn change_membership(&self, request: Request<v1::MembershipRequest>) -> Result<Response<v1::ClusterResponse>, Status> {
+        let r = request.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must be non-zero"));
+        }
+        let change = if r.remove {
+            crate::MemberChange::Remove { id: r.node_id }
+        } else {
+            let address = r.address.trim().to_owned();
+            if tonic::transport::Endpoint::from_shared(address.clone()).is_err() || !address.contains("://") {
+                return Err(Status::invalid_argument(format!(
+                    "node {} needs an address like http://10.0.0.4:7450 (got {address:?})",
+                    r.node_id
+                )));
+            }
+            crate::MemberChange::Add { id: r.node_id, address }
+        };
+        self.handle.change_membership(change).await.map_err(from_propose)?.map_err(Status::failed_precondition)?;
+        let status = self.handle.status().await.map_err(from_propose)?;
+        Ok(Response::new(crate::cluster_to_pb(&status)))
+    }
+}
+
+/// Renderer names accepted at submit: the built-ins (plugins extend this later).
+pub fn known_renderer(name: &RendererName) -> bool {
+    BUILTIN_RENDERERS.contains(&name.as_str())
+}

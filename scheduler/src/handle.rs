@@ -1,0 +1,73 @@
+//! The cheap, cloneable way to talk to the node thread: propose a command, or read the ledger.
+
+use kiln_ledger::{Command, Ledger, Outcome, Rejection};
+use tokio::sync::oneshot;
+
+use crate::node::{MemberChange, MembershipOutcome, NodeStatus, ProposeError, Request};
+
+#[derive(Clone)]
+pub struct Handle {
+    requests: flume::Sender<Request>,
+}
+
+impl Handle {
+    pub(crate) fn new(requests: flume::Sender<Request>) -> Self {
+        Self { requests }
+    }
+
+    /// Replicates `cmd` and returns its outcome once it is committed, durable and applied.
+    pub async fn propose(&self, cmd: Command) -> Result<Result<Outcome, Rejection>, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send_async(Request::Propose { cmd, reply }).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Runs `f` against this node's applied ledger. On the leader this sees every acknowledged
+    /// write; on a follower it may lag (the status says by how much).
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Ledger, &NodeStatus) -> R + Send + 'static,
+    ) -> Result<R, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |ledger: &Ledger, status: &NodeStatus| {
+            let _ = tx.send(f(ledger, status));
+        });
+        self.requests.send_async(Request::Read(job)).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)
+    }
+
+    /// Like [`read`](Self::read) but linearizable: served by the leader after confirming its
+    /// leadership with a quorum, so it sees every write acknowledged before the call.
+    pub async fn read_fresh<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Ledger, &NodeStatus) -> R + Send + 'static,
+    ) -> Result<R, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |state: Result<(&Ledger, &NodeStatus), ProposeError>| {
+            let _ = tx.send(state.map(|(ledger, status)| f(ledger, status)));
+        });
+        self.requests.send_async(Request::FreshRead(job)).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Hands a Raft message from a peer to the node.
+    pub async fn step(&self, msg: raft::prelude::Message) -> Result<(), ProposeError> {
+        self.requests.send_async(Request::Step(Box::new(msg))).await.map_err(|_| ProposeError::Stopped)
+    }
+
+    /// Proposes a membership change (leader only) and returns the members once it is applied.
+    pub async fn change_membership(&self, change: MemberChange) -> Result<MembershipOutcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send_async(Request::ChangeMembership { change, reply }).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Asks the node thread to stop after its current round.
+    pub(crate) fn stop(&self) {
+        let _ = self.requests.send(Request::Stop);
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, ProposeError> {
+        self.read(|_, status| status.clone()).await
+    }
+}

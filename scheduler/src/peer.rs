@@ -1,0 +1,55 @@
+//! The `kiln.v1.RaftPeer` service: Raft messages from other scheduler nodes, as opaque bytes.
+//!
+//! Ordinary messages arrive in batches (`Step`); a snapshot arrives alone, in chunks
+//! (`StepChunked`), and is reassembled here before the node sees it.
+
+use kiln_proto::v1::{self, raft_peer_server::RaftPeer};
+use protobuf::Message as _;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::handle::Handle;
+use crate::status::from_propose;
+use crate::transport::MAX_SNAPSHOT_BYTES;
+
+pub struct PeerService {
+    handle: Handle,
+}
+
+impl PeerService {
+    pub fn new(handle: Handle) -> Self {
+        Self { handle }
+    }
+
+    async fn step_bytes(&self, bytes: &[u8]) -> Result<(), Status> {
+        let msg = raft::prelude::Message::parse_from_bytes(bytes)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        self.handle.step(msg).await.map_err(from_propose)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn step(&self, request: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
+        for bytes in request.into_inner().messages {
+            self.step_bytes(&bytes).await?;
+        }
+        Ok(Response::new(v1::RaftAck {}))
+    }
+
+    async fn step_chunked(&self, request: Request<Streaming<v1::RaftChunk>>) -> Result<Response<v1::RaftAck>, Status> {
+        let mut chunks = request.into_inner();
+        let mut message = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if message.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "raft message larger than {MAX_SNAPSHOT_BYTES} bytes refused"
+                )));
+            }
+            message.extend_from_slice(&chunk.data);
+        }
+        self.step_bytes(&message).await?;
+        Ok(Response::new(v1::RaftAck {}))
+    }
+}

@@ -1,0 +1,506 @@
+//! Durable Raft storage in sled: the log, the hard state, the configuration and the latest snapshot.
+//!
+//! raft-rs owns consensus but not persistence; this is the one seam (`raft::Storage`) through which
+//! it reads what it has written. Writes happen from the node loop, which must make a `Ready`'s
+//! entries and hard state durable ([`RaftLog::sync`]) before sending its messages or acknowledging
+//! anything, or a crash could forget an entry the cluster counted as stored.
+//!
+//! Layout:
+//! - sled tree `log`:  big-endian index → protobuf `Entry`
+//! - sled tree `meta`: `hard_state`
+//! - file `raft-snapshot`: the latest snapshot (protobuf `Snapshot`: metadata, conf state and the
+//!   state bytes), replaced atomically (write, fsync, rename, fsync the directory). The snapshot
+//!   is the whole ledger; kept out of sled, whose log-structured files keep old versions of large
+//!   values around for a while, so disk use stays one snapshot plus the log since it.
+//!
+//! The membership (`ConfState`) is stored only inside snapshots. raft-rs starts from the snapshot's
+//! configuration and the node re-applies every conf change after it while replaying the log, the
+//! same way it re-applies ledger commands; persisting a later configuration separately would make
+//! that replay apply a change twice (which raft-rs refuses for joint changes).
+//!
+//! A fresh cluster is bootstrapped with a snapshot at index 1 (the initial voters and an empty
+//! state) instead of an empty log: a node added later has no log and no configuration, and must
+//! start from a snapshot rather than replay a log whose first configuration it never saw.
+
+use std::path::Path;
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("raft storage (sled): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("raft storage holds a corrupt {what}: {source}")]
+    Corrupt { what: &'static str, source: protobuf::ProtobufError },
+    #[error("raft storage: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("raft snapshot file {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+}
+
+impl From<Error> for raft::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Raft(e) => e,
+            other => raft::Error::Store(StorageError::Other(Box::new(other))),
+        }
+    }
+}
+
+const HARD_STATE: &[u8] = b"hard_state";
+const SNAPSHOT_FILE: &str = "raft-snapshot";
+
+/// The index and term of the bootstrap snapshot every founding member writes identically.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+const BOOTSTRAP_TERM: u64 = 1;
+
+/// What a founding member starts from: the initial voters and the state machine's empty image.
+pub struct Bootstrap {
+    pub voters: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+pub struct RaftLog {
+    dir: std::path::PathBuf,
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    // Cached copies of what is on disk, so raft's frequent reads never touch sled for metadata.
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+    first_index: u64,
+    last_index: u64,
+    /// Set when raft-rs asked for a snapshot the stored one cannot serve (too old, or taken before
+    /// the recipient joined); the node then takes a fresh one. raft-rs retries on its own.
+    snapshot_wanted: std::sync::atomic::AtomicBool,
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The snapshot every founding member starts from: index 1, term 1, the founding voters.
+fn bootstrap_snapshot(b: Bootstrap) -> Snapshot {
+    let mut snapshot = Snapshot { data: b.data.into(), ..Default::default() };
+    let m = snapshot.mut_metadata();
+    m.index = BOOTSTRAP_INDEX;
+    m.term = BOOTSTRAP_TERM;
+    m.mut_conf_state().voters = b.voters;
+    snapshot
+}
+
+fn bootstrap_hard_state() -> HardState {
+    HardState { term: BOOTSTRAP_TERM, commit: BOOTSTRAP_INDEX, ..Default::default() }
+}
+
+/// Replaces the snapshot file atomically: a crash leaves the old snapshot or the new one.
+fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let io = |source| Error::Io { path: path.clone(), source };
+    let bytes = encode("snapshot", snapshot)?;
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, Error> {
+    let path = dir.join(SNAPSHOT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(decode("snapshot", &bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io { path, source }),
+    }
+}
+
+fn decode<M: protobuf::Message>(what: &'static str, bytes: &[u8]) -> Result<M, Error> {
+    M::parse_from_bytes(bytes).map_err(|source| Error::Corrupt { what, source })
+}
+
+fn encode<M: protobuf::Message>(what: &'static str, m: &M) -> Result<Vec<u8>, Error> {
+    m.write_to_bytes().map_err(|source| Error::Corrupt { what, source })
+}
+
+impl RaftLog {
+    /// Opens (or creates) the storage in `dir`. A fresh store is bootstrapped from `bootstrap`
+    /// (a founding member) or left empty (a node that waits to be added to a running cluster).
+    pub fn open(dir: &Path, bootstrap: Option<Bootstrap>) -> Result<Self, Error> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let log = db.open_tree("log")?;
+        let meta = db.open_tree("meta")?;
+        let mut hard_state = match meta.get(HARD_STATE)? {
+            Some(b) => decode("hard state", &b)?,
+            None => HardState::default(),
+        };
+        let mut snapshot_meta = match read_snapshot(dir)? {
+            Some(mut s) => s.take_metadata(),
+            None => SnapshotMetadata::default(),
+        };
+        let fresh = snapshot_meta.index == 0 && hard_state.term == 0 && log.is_empty();
+        if let (true, Some(b)) = (fresh, bootstrap) {
+            let mut snapshot = bootstrap_snapshot(b);
+            hard_state = bootstrap_hard_state();
+            write_snapshot(dir, &snapshot)?;
+            meta.insert(HARD_STATE, encode("hard state", &hard_state)?)?;
+            db.flush()?;
+            snapshot_meta = snapshot.take_metadata();
+        }
+        let conf_state = snapshot_meta.get_conf_state().clone();
+        let first_index = match log.first()? {
+            Some((k, _)) => index_of(&k),
+            None => snapshot_meta.index + 1,
+        };
+        let last_index = match log.last()? {
+            Some((k, _)) => index_of(&k),
+            None => snapshot_meta.index,
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            db,
+            log,
+            meta,
+            hard_state,
+            conf_state,
+            snapshot_meta,
+            first_index,
+            last_index,
+            snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Throws away the log, the hard state and the snapshot, and starts over from `bootstrap` as a
+    /// fresh founding store would. Only for recovering a cluster that lost its majority.
+    pub fn reset(&mut self, bootstrap: Bootstrap) -> Result<(), Error> {
+        self.log.clear()?;
+        self.meta.clear()?;
+        self.db.flush()?;
+        self.hard_state = HardState::default();
+        self.snapshot_meta = SnapshotMetadata::default();
+        self.first_index = 1;
+        self.last_index = 0;
+        let mut snapshot = bootstrap_snapshot(bootstrap);
+        write_snapshot(&self.dir, &snapshot)?;
+        self.set_hard_state(bootstrap_hard_state())?;
+        self.conf_state = snapshot.get_metadata().get_conf_state().clone();
+        self.snapshot_meta = snapshot.take_metadata();
+        self.first_index = BOOTSTRAP_INDEX + 1;
+        self.last_index = BOOTSTRAP_INDEX;
+        self.sync()
+    }
+
+    /// Appends entries, replacing any conflicting suffix (a new leader may overwrite uncommitted
+    /// entries). Not durable until [`sync`](Self::sync).
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), Error> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let mut batch = sled::Batch::default();
+        for stale in first.index..=self.last_index {
+            batch.remove(&key(stale));
+        }
+        for e in entries {
+            batch.insert(&key(e.index), encode("entry", e)?);
+        }
+        self.log.apply_batch(batch)?;
+        self.last_index = entries.last().map_or(self.last_index, |e| e.index);
+        if self.first_index > first.index {
+            self.first_index = first.index;
+        }
+        Ok(())
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), Error> {
+        self.meta.insert(HARD_STATE, encode("hard state", &hs)?)?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), Error> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(hs)
+    }
+
+    /// Records the configuration as of the last applied entry, for the next snapshot. It reaches
+    /// the disk only with that snapshot: see the module docs.
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// Makes everything written so far durable: one fsync per Raft batch.
+    pub fn sync(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records a snapshot of the state machine at `index` and drops the log up to it.
+    pub fn compact_with_snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<(), Error> {
+        let term = self.term_of(index)?;
+        let mut snapshot = Snapshot { data: data.into(), ..Default::default() };
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        // The snapshot is durable before the log it replaces is dropped.
+        write_snapshot(&self.dir, &snapshot)?;
+        self.snapshot_meta = snapshot.take_metadata();
+        let mut batch = sled::Batch::default();
+        for i in self.first_index..=index.min(self.last_index) {
+            batch.remove(&key(i));
+        }
+        self.log.apply_batch(batch)?;
+        self.first_index = index + 1;
+        self.last_index = self.last_index.max(index);
+        self.sync()
+    }
+
+    /// Installs a snapshot received from the leader: the log is replaced by it.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
+        let meta = snapshot.get_metadata();
+        if meta.index < self.first_index.saturating_sub(1) {
+            return Err(Error::Raft(raft::Error::Store(StorageError::SnapshotOutOfDate)));
+        }
+        write_snapshot(&self.dir, snapshot)?;
+        self.log.clear()?;
+        self.snapshot_meta = meta.clone();
+        self.first_index = meta.index + 1;
+        self.last_index = meta.index;
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        self.set_hard_state(hs)?;
+        self.conf_state = meta.get_conf_state().clone();
+        self.sync()
+    }
+
+    /// The latest stored snapshot's state-machine bytes and index, for recovery at start-up.
+    pub fn stored_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        Ok(read_snapshot(&self.dir)?.map(|s| (s.get_metadata().index, s.data.to_vec())))
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// True (once) if a peer needs a newer snapshot than the stored one.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_meta.index
+    }
+
+    /// Bytes sled holds on disk (log, snapshots and its own overhead), for `kiln cluster`.
+    pub fn size_on_disk(&self) -> u64 {
+        let snapshot = std::fs::metadata(self.dir.join(SNAPSHOT_FILE)).map_or(0, |m| m.len());
+        self.db.size_on_disk().unwrap_or(0) + snapshot
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        (self.last_index + 1).saturating_sub(self.first_index)
+    }
+
+    fn term_of(&self, idx: u64) -> Result<u64, Error> {
+        if idx == self.snapshot_meta.index {
+            return Ok(self.snapshot_meta.term);
+        }
+        if idx < self.first_index {
+            return Err(Error::Raft(raft::Error::Store(StorageError::Compacted)));
+        }
+        if idx > self.last_index {
+            return Err(Error::Raft(raft::Error::Store(StorageError::Unavailable)));
+        }
+        match self.log.get(key(idx))? {
+            Some(b) => Ok(decode::<Entry>("entry", &b)?.term),
+            None => Err(Error::Raft(raft::Error::Store(StorageError::Unavailable))),
+        }
+    }
+}
+
+fn conf_contains(cs: &ConfState, id: u64) -> bool {
+    cs.voters.contains(&id) || cs.learners.contains(&id) || cs.voters_outgoing.contains(&id) || cs.learners_next.contains(&id)
+}
+
+fn index_of(k: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = k.len().min(8);
+    buf[8 - n..].copy_from_slice(&k[..n]);
+    u64::from_be_bytes(buf)
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for item in self.log.range(key(low)..key(high)) {
+            let (_, bytes) = item.map_err(Error::from)?;
+            size += bytes.len() as u64;
+            // raft-rs requires at least one entry even when it alone exceeds max_size.
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(decode::<Entry>("entry", &bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        Ok(self.term_of(idx)?)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let stored = read_snapshot(&self.dir)?;
+        match stored {
+            // A node refuses a snapshot whose configuration does not include it, so a node added
+            // after the stored snapshot was taken needs a newer one.
+            Some(s) if s.get_metadata().index >= request_index && conf_contains(s.get_metadata().get_conf_state(), to) => Ok(s),
+            _ => {
+                self.snapshot_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = format!("cmd-{index}").into_bytes().into();
+        e
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = RaftLog::open(dir.path(), None).expect("open");
+            log.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("append");
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.commit = 3;
+            log.set_hard_state(hs).expect("hs");
+            log.sync().expect("sync");
+        }
+        let log = RaftLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(log.first_index().expect("first"), 1);
+        assert_eq!(log.last_index().expect("last"), 3);
+        assert_eq!(log.term(3).expect("term"), 2);
+        assert_eq!(log.hard_state().commit, 3);
+        let got = log.entries(2, 4, None, GetEntriesContext::empty(false)).expect("entries");
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).expect("append");
+        log.append(&[entry(2, 2)]).expect("overwrite");
+        assert_eq!(log.last_index().expect("last"), 2);
+        assert_eq!(log.term(2).expect("term"), 2);
+        assert!(log.term(3).is_err());
+    }
+
+    #[test]
+    fn snapshot_compacts_and_is_recovered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = RaftLog::open(dir.path(), None).expect("open");
+            log.set_conf_state(ConfState { voters: vec![1, 2], ..Default::default() });
+            log.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+            log.compact_with_snapshot(7, b"ledger@7".to_vec()).expect("snapshot");
+            assert_eq!(log.first_index().expect("first"), 8);
+            assert_eq!(log.term(7).expect("term at snapshot"), 1);
+            assert!(matches!(log.term(5), Err(raft::Error::Store(StorageError::Compacted))));
+        }
+        let log = RaftLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(log.first_index().expect("first"), 8);
+        assert_eq!(log.last_index().expect("last"), 10);
+        assert_eq!(log.stored_snapshot().expect("read"), Some((7, b"ledger@7".to_vec())));
+        assert_eq!(log.snapshot(7, 2).expect("snapshot").get_metadata().index, 7);
+    }
+
+    #[test]
+    fn bootstrap_is_a_snapshot_and_membership_lives_only_in_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let boot = || Some(Bootstrap { voters: vec![1, 2, 3], data: b"empty".to_vec() });
+        {
+            let mut log = RaftLog::open(dir.path(), boot()).expect("open");
+            assert_eq!(log.first_index().expect("first"), BOOTSTRAP_INDEX + 1);
+            assert_eq!(log.last_index().expect("last"), BOOTSTRAP_INDEX);
+            assert_eq!(log.initial_state().expect("state").conf_state.voters, vec![1, 2, 3]);
+            assert_eq!(log.snapshot(0, 2).expect("a member gets this").get_data(), b"empty");
+            // Node 4 is not in the bootstrap configuration and would refuse this snapshot: the
+            // node is asked for a fresh one instead.
+            assert!(!log.take_snapshot_request());
+            assert!(matches!(log.snapshot(0, 4), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))));
+            assert!(log.take_snapshot_request());
+            assert!(!log.take_snapshot_request(), "the request is taken once");
+            log.append(&[entry(2, 1), entry(3, 1)]).expect("append");
+            // A conf change applied at 3 is remembered for the next snapshot, not written alone.
+            log.set_conf_state(ConfState { voters: vec![1, 2, 3, 4], ..Default::default() });
+            log.sync().expect("sync");
+        }
+        // Reopening with other bootstrap values changes nothing: only a fresh store bootstraps.
+        let mut log = RaftLog::open(dir.path(), Some(Bootstrap { voters: vec![9], data: vec![] })).expect("reopen");
+        assert_eq!(log.initial_state().expect("state").conf_state.voters, vec![1, 2, 3], "replay re-applies the change at 3");
+        assert_eq!(log.last_index().expect("last"), 3);
+        log.set_conf_state(ConfState { voters: vec![1, 2, 3, 4], ..Default::default() });
+        log.compact_with_snapshot(3, b"at 3".to_vec()).expect("snapshot");
+        drop(log);
+        let log = RaftLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(log.initial_state().expect("state").conf_state.voters, vec![1, 2, 3, 4]);
+        assert_eq!(log.stored_snapshot().expect("read"), Some((3, b"at 3".to_vec())));
+    }
+
+    #[test]
+    fn a_node_waiting_to_join_starts_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = RaftLog::open(dir.path(), None).expect("open");
+        assert!(log.initial_state().expect("state").conf_state.voters.is_empty());
+        assert_eq!(log.stored_snapshot().expect("read"), None);
+        assert_eq!(log.last_index().expect("last"), 0);
+    }
+}

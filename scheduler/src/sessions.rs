@@ -1,0 +1,501 @@
+//! Worker sessions: the `kiln.v1.WorkerSession` service and the hub that leases work to them.
+//!
+//! Workers pull. Each session tells the hub how many more tasks it can take (`Want`); the
+//! dispatcher proposes `Lease` commands for sessions that want work whenever tasks become ready,
+//! and pushes the leased tasks down the session's stream. Lease sizes follow capacity: a worker
+//! wants `slots × (1 + prefetch)` and asks again only as it finishes, so each gets work in
+//! proportion to what it completes.
+//!
+//! Work stealing (DESIGN §3): when a wanting worker has a free slot and nothing in its queues is
+//! ready, the dispatcher asks the ledger for a [`kiln_ledger::Ledger::steal_plan`] — tasks other
+//! workers hold but have not started, deepest buffers first — using what each worker's latest
+//! heartbeat listed as `unstarted` (a lease not listed counts as started, so a worker that has
+//! not heartbeated yet is never robbed). It proposes `Steal`, assigns the tasks to the thief, and
+//! the ledger's `Revoke` effects tell each victim to drop its copy. A victim that had started
+//! meanwhile finishes anyway; the ledger counts the first completion. Completions, failures and releases come
+//! up the same stream and become ledger commands; each is acknowledged once it is durable, so a
+//! worker can forget it. Heartbeats stay in memory: a lease is renewed in the ledger (a Raft write)
+//! only when a third of its TTL has passed since the last renewal.
+//!
+//! ```text
+//!  worker ◀──Assign/Revoke/Ack── session ◀── dispatcher ◀── wake (TasksReady, Want, timer)
+//!  worker ──Hello/Want/Heartbeat/Completed/Failed/Released──▶ session ──▶ Handle::propose
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use kiln_ledger::{Command, Effect, Outcome, WorkerSpec};
+use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up, worker_session_server::WorkerSession};
+use kiln_types::{QueueName, TaskId, WorkerId};
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::handle::Handle;
+use crate::node::{now_ms, NodeEvent};
+use crate::status::from_propose;
+
+type Outbound = mpsc::Sender<Result<v1::SchedulerMessage, Status>>;
+
+struct Session {
+    /// Distinguishes this connection from a later reconnect of the same worker, so the old
+    /// stream's cleanup never removes the new one.
+    conn: u64,
+    /// The worker's half of the bidirectional stream: assignments, revocations, acks.
+    tx: Outbound,
+    want: u32,
+    draining: bool,
+    last_renewal: Instant,
+    /// From the latest heartbeat: slots rendering now, and the leases not started yet.
+    busy_slots: u32,
+    unstarted: BTreeSet<(u64, u32)>,
+}
+
+/// What the leader knows of a connected worker beyond the ledger: its latest heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Live {
+    pub busy_slots: u32,
+    /// Leased but not started: the worker's prefetch depth.
+    pub buffered: u32,
+}
+
+pub struct Hub {
+    handle: Handle,
+    sessions: Mutex<HashMap<WorkerId, Session>>,
+    /// Woken when work may be leasable: tasks became ready, a worker asked for more, a new leader.
+    wake: Notify,
+    next_conn: AtomicU64,
+    lease_ttl: Duration,
+    heartbeat_interval: Duration,
+    node_id: u64,
+    /// Work stealing on (the default) or off (to measure what it buys).
+    steal: bool,
+    /// Latencies and bytes seen on the sessions, for `/metrics`.
+    pub kpis: crate::kpi::Kpis,
+}
+
+impl Hub {
+    pub fn new(handle: Handle, lease_ttl: Duration, heartbeat_interval: Duration, node_id: u64, steal: bool) -> Arc<Self> {
+        Arc::new(Self {
+            handle,
+            sessions: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            lease_ttl,
+            heartbeat_interval,
+            node_id,
+            steal,
+            kpis: crate::kpi::Kpis::default(),
+        })
+    }
+
+    /// The latest heartbeat of every worker with a session on this node.
+    pub fn live(&self) -> HashMap<WorkerId, Live> {
+        self.sessions()
+            .iter()
+            .map(|(w, s)| (w.clone(), Live { busy_slots: s.busy_slots, buffered: s.unstarted.len() as u32 }))
+            .collect()
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Session>> {
+        // A panic while holding this lock would be a bug in this module; keep serving.
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn sender(&self, worker: &WorkerId) -> Option<Outbound> {
+        self.sessions().get(worker).map(|s| s.tx.clone())
+    }
+
+    /// Acts on what the node reports: revocations go to their worker, readiness wakes the dispatcher.
+    pub async fn run_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<NodeEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                NodeEvent::Effect(Effect::TasksReady { .. }) | NodeEvent::BecameLeader => self.wake.notify_one(),
+                NodeEvent::Effect(Effect::Revoke { worker, task, lease_seq, reason }) => {
+                    if let Some(tx) = self.sender(&worker) {
+                        let msg = Down::Revoke(v1::Revoke {
+                            leases: vec![v1::LeaseRef { task_id: task.0, lease_seq }],
+                            reason,
+                        });
+                        let _ = tx.send(Ok(v1::SchedulerMessage { msg: Some(msg) })).await;
+                    }
+                }
+                NodeEvent::LostLeadership => {
+                    // Workers must follow the new leader: end every stream with a hint.
+                    let leader = self.handle.status().await.ok().and_then(|s| {
+                        s.members.iter().find(|(id, _, _)| *id == s.leader_id).map(|(_, a, _)| a.clone())
+                    });
+                    let err = from_propose(crate::node::ProposeError::NotLeader {
+                        leader_id: 0,
+                        leader_address: leader,
+                    });
+                    let drained: Vec<Session> = self.sessions().drain().map(|(_, s)| s).collect();
+                    for s in drained {
+                        let _ = s.tx.send(Err(err.clone())).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leases ready tasks to sessions that want them. Runs for the life of the server.
+    pub async fn run_dispatcher(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                // Retry backoffs end silently; poll for them at a modest rate.
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let wanting: Vec<(WorkerId, u32)> = self
+                .sessions()
+                .iter()
+                .filter(|(_, s)| s.want > 0 && !s.draining)
+                .map(|(w, s)| (w.clone(), s.want))
+                .collect();
+            if wanting.is_empty() {
+                continue;
+            }
+            let now = now_ms();
+            let unstarted: BTreeSet<(u64, u32)> =
+                if self.steal { self.sessions().values().flat_map(|s| s.unstarted.iter().copied()).collect() } else { BTreeSet::new() };
+            let steal = self.steal;
+            let Ok(Some((ready, steals))) = self
+                .handle
+                .read(move |l, node| {
+                    node.is_leader.then(|| {
+                        let (ready, idle): (Vec<_>, Vec<_>) = wanting.into_iter().partition(|(w, _)| l.has_ready_for(w, now));
+                        let steals = if steal { plan_steals(l, idle, &unstarted) } else { Vec::new() };
+                        (ready, steals)
+                    })
+                })
+                .await
+            else {
+                continue;
+            };
+            // Concurrent proposals share one Raft entry.
+            let leases = ready.into_iter().map(|(worker, want)| {
+                let hub = self.clone();
+                async move { hub.lease_to(worker, want).await }
+            });
+            let stolen = steals.into_iter().map(|(thief, tasks)| {
+                let hub = self.clone();
+                async move { hub.steal_to(thief, tasks).await }
+            });
+            futures::future::join(futures::future::join_all(leases), futures::future::join_all(stolen)).await;
+        }
+    }
+
+    async fn steal_to(&self, thief: WorkerId, tasks: Vec<(TaskId, u32)>) {
+        match self.handle.propose(Command::Steal { thief: thief.clone(), tasks }).await {
+            Ok(Ok(Outcome::Leased(leases))) => {
+                if !leases.is_empty() {
+                    tracing::info!(%thief, count = leases.len(), "stole unstarted tasks for an idle worker");
+                    self.deliver(thief, leases).await;
+                }
+            }
+            Ok(other) => tracing::debug!(%thief, ?other, "steal refused"),
+            Err(e) => tracing::debug!(%thief, error = %e, "steal not proposed"),
+        }
+    }
+
+    async fn lease_to(&self, worker: WorkerId, want: u32) {
+        let leases = match self.handle.propose(Command::Lease { worker: worker.clone(), max: want }).await {
+            Ok(Ok(Outcome::Leased(leases))) => leases,
+            Ok(other) => {
+                tracing::debug!(%worker, ?other, "lease refused");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%worker, error = %e, "lease not proposed");
+                return;
+            }
+        };
+        if leases.is_empty() {
+            return;
+        }
+        for l in &leases {
+            self.kpis.lease_wait.observe_micros(u64::try_from(l.waited_ms).unwrap_or(0).saturating_mul(1000));
+        }
+        self.deliver(worker, leases).await;
+    }
+
+    /// Pushes freshly leased tasks down the worker's stream, or gives them back if it is gone.
+    async fn deliver(&self, worker: WorkerId, leases: Vec<kiln_ledger::Lease>) {
+        let tx = {
+            let mut sessions = self.sessions();
+            sessions.get_mut(&worker).map(|s| {
+                s.want = s.want.saturating_sub(leases.len() as u32);
+                s.tx.clone()
+            })
+        };
+        let refs: Vec<(TaskId, u32)> = leases.iter().map(|l| (l.task, l.lease_seq)).collect();
+        let assign = v1::Assign {
+            tasks: leases
+                .into_iter()
+                .map(|l| v1::Assignment {
+                    lease: Some(v1::LeaseRef { task_id: l.task.0, lease_seq: l.lease_seq }),
+                    job: Some(kiln_proto::job_to_pb(&l.job)),
+                    attempt: l.attempt,
+                })
+                .collect(),
+        };
+        let delivered = match tx {
+            Some(tx) => tx.send(Ok(v1::SchedulerMessage { msg: Some(Down::Assign(assign)) })).await.is_ok(),
+            None => false,
+        };
+        if !delivered {
+            // The session vanished between lease and delivery: give the tasks straight back
+            // instead of letting them wait out a lease TTL.
+            let cmd = Command::Release { worker, leases: refs, reason: "session closed before delivery".into() };
+            let _ = self.handle.propose(cmd).await;
+            self.wake.notify_one();
+        }
+    }
+
+    fn on_heartbeat(self: &Arc<Self>, worker: &WorkerId, hb: v1::Heartbeat) {
+        let renew = {
+            let mut sessions = self.sessions();
+            match sessions.get_mut(worker) {
+                Some(s) => {
+                    s.busy_slots = hb.busy_slots;
+                    s.unstarted = hb.unstarted.iter().map(|l| (l.task_id, l.lease_seq)).collect();
+                    if s.last_renewal.elapsed() >= self.lease_ttl / 3 {
+                        s.last_renewal = Instant::now();
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if self.steal && !hb.unstarted.is_empty() {
+            // New stealable work may help an idle worker.
+            self.wake.notify_one();
+        }
+        if renew {
+            let hub = self.clone();
+            let worker = worker.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hub.handle.propose(Command::Renew { worker: worker.clone() }).await {
+                    tracing::debug!(%worker, error = %e, "lease renewal not proposed");
+                }
+            });
+        }
+    }
+
+    async fn handle_up(self: Arc<Self>, worker: WorkerId, tx: Outbound, msg: Up) {
+        let ack = |lease: Option<v1::LeaseRef>, accepted: bool| v1::SchedulerMessage {
+            msg: Some(Down::Ack(v1::Ack { lease, accepted })),
+        };
+        match msg {
+            Up::Hello(_) => {}
+            Up::Heartbeat(hb) => self.on_heartbeat(&worker, hb),
+            Up::Want(want) => {
+                if let Some(s) = self.sessions().get_mut(&worker) {
+                    s.want = want.count;
+                }
+                self.wake.notify_one();
+            }
+            Up::Completed(c) => {
+                let Some(lease) = c.lease else { return };
+                let reported = c.result.clone().unwrap_or_default();
+                let result = match c.result.map(crate::convert::result_from_pb).transpose() {
+                    Ok(r) => r.unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(%worker, error = %e, "malformed completion rejected");
+                        return;
+                    }
+                };
+                let cmd = Command::Complete { task: TaskId(lease.task_id), lease_seq: lease.lease_seq, worker, result };
+                if let Ok(Ok(Outcome::Reported { accepted })) = self.handle.propose(cmd).await {
+                    if accepted {
+                        self.kpis.completed(&reported);
+                    }
+                    let _ = tx.send(Ok(ack(Some(lease), accepted))).await;
+                }
+            }
+            Up::Failed(f) => {
+                let Some(lease) = f.lease else { return };
+                let cmd = Command::Fail {
+                    task: TaskId(lease.task_id),
+                    lease_seq: lease.lease_seq,
+                    worker,
+                    error: f.error,
+                    permanent: f.permanent,
+                };
+                if let Ok(Ok(Outcome::Reported { accepted })) = self.handle.propose(cmd).await {
+                    let _ = tx.send(Ok(ack(Some(lease), accepted))).await;
+                }
+            }
+            Up::Released(r) => {
+                let leases: Vec<(TaskId, u32)> = r.leases.iter().map(|l| (TaskId(l.task_id), l.lease_seq)).collect();
+                let cmd = Command::Release { worker, leases, reason: r.reason };
+                if let Ok(Ok(_)) = self.handle.propose(cmd).await {
+                    for lease in r.leases {
+                        let _ = tx.send(Ok(ack(Some(lease), true))).await;
+                    }
+                    self.wake.notify_one();
+                }
+            }
+            Up::Drain(_) => {
+                if let Some(s) = self.sessions().get_mut(&worker) {
+                    s.draining = true;
+                    s.want = 0;
+                }
+                let _ = self.handle.propose(Command::DrainWorker { worker }).await;
+            }
+        }
+    }
+}
+
+/// Steal plans for wanting workers with nothing ready in their queues: each with a free slot
+/// (fewer leases than slots) may take up to that many unstarted tasks. Plans of one round never
+/// share a task.
+fn plan_steals(l: &kiln_ledger::Ledger, idle: Vec<(WorkerId, u32)>, unstarted: &BTreeSet<(u64, u32)>) -> Vec<(WorkerId, Vec<(TaskId, u32)>)> {
+    let mut taken: BTreeSet<(u64, u32)> = BTreeSet::new();
+    let mut plans = Vec::new();
+    for (thief, want) in idle {
+        let Some(record) = l.worker(&thief) else { continue };
+        let free = record.spec.slots.saturating_sub(record.leased).min(want);
+        if free == 0 {
+            continue;
+        }
+        let plan = l.steal_plan(&thief, free, &|t, seq| !unstarted.contains(&(t.0, seq)) || taken.contains(&(t.0, seq)));
+        if !plan.is_empty() {
+            taken.extend(plan.iter().map(|(t, s)| (t.0, *s)));
+            plans.push((thief, plan));
+        }
+    }
+    plans
+}
+
+fn spec_from_hello(hello: v1::Hello) -> Result<WorkerSpec, Status> {
+    let invalid = |e: kiln_types::InvalidValue| Status::invalid_argument(e.to_string());
+    let queues = if hello.queues.is_empty() {
+        vec![QueueName::default()]
+    } else {
+        hello.queues.into_iter().map(QueueName::new).collect::<Result<_, _>>().map_err(invalid)?
+    };
+    Ok(WorkerSpec {
+        id: WorkerId::new(hello.worker_id).map_err(invalid)?,
+        hostname: hello.hostname,
+        slots: hello.slots.max(1),
+        cores: hello.cores,
+        memory_bytes: hello.memory_bytes,
+        speed_milli: (hello.speed.clamp(0.0, 1000.0) * 1000.0) as u32,
+        queues,
+        version: hello.version,
+    })
+}
+
+pub struct SessionService {
+    hub: Arc<Hub>,
+}
+
+impl SessionService {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerSession for SessionService {
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::SchedulerMessage, Status>> + Send>>;
+
+    async fn session(&self, request: Request<Streaming<v1::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))?;
+        let hello = match first {
+            Some(Ok(v1::WorkerMessage { msg: Some(Up::Hello(h)) })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("a session must open with Hello")),
+        };
+        let held: std::collections::BTreeSet<(u64, u32)> = hello.held.iter().map(|l| (l.task_id, l.lease_seq)).collect();
+        let spec = spec_from_hello(hello)?;
+        let worker = spec.id.clone();
+        let hub = self.hub.clone();
+        match hub.handle.propose(Command::RegisterWorker { spec }).await.map_err(from_propose)? {
+            Ok(_) => {}
+            Err(r) => return Err(crate::status::from_rejection(r)),
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let welcome = v1::Welcome {
+            lease_ttl_ms: hub.lease_ttl.as_millis() as u64,
+            heartbeat_interval_ms: hub.heartbeat_interval.as_millis() as u64,
+            node_id: hub.node_id,
+        };
+        let _ = tx.send(Ok(v1::SchedulerMessage { msg: Some(Down::Welcome(welcome)) })).await;
+        let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
+        hub.sessions().insert(
+            worker.clone(),
+            Session {
+                conn,
+                tx: tx.clone(),
+                want: 0,
+                draining: false,
+                last_renewal: Instant::now(),
+                busy_slots: 0,
+                unstarted: BTreeSet::new(),
+            },
+        );
+        tracing::info!(%worker, "worker session opened");
+        // A reconnecting worker still holds the leases it lists: renew them at once. Leases it
+        // does not list were lost with a previous process (kill -9, OOM, reboot): give them back
+        // now instead of waiting out their TTL.
+        let _ = hub.handle.propose(Command::Renew { worker: worker.clone() }).await;
+        let lookup = worker.clone();
+        let orphaned = hub
+            .handle
+            .read(move |l, _| l.leases_of(&lookup).iter().map(|t| (t.id, t.lease_seq)).collect::<Vec<_>>())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(id, seq)| !held.contains(&(id.0, *seq)))
+            .collect::<Vec<_>>();
+        if !orphaned.is_empty() {
+            tracing::info!(%worker, count = orphaned.len(), "worker came back without some of its leases: releasing them");
+            let cmd = Command::Release { worker: worker.clone(), leases: orphaned, reason: "worker restarted without this task".into() };
+            let _ = hub.handle.propose(cmd).await;
+            hub.wake.notify_one();
+        }
+        tokio::spawn(async move {
+            while let Some(message) = inbound.next().await {
+                match message {
+                    Ok(v1::WorkerMessage { msg: Some(msg) }) => {
+                        // Each report is its own proposal so that many share one Raft entry.
+                        tokio::spawn(hub.clone().handle_up(worker.clone(), tx.clone(), msg));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(%worker, error = %e, "worker stream error");
+                        break;
+                    }
+                }
+            }
+            let current = {
+                let mut sessions = hub.sessions();
+                match sessions.get(&worker) {
+                    Some(s) if s.conn == conn => {
+                        sessions.remove(&worker);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if current {
+                tracing::info!(%worker, "worker session closed");
+                let _ = hub.handle.propose(Command::DisconnectWorker { worker }).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

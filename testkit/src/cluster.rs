@@ -1,0 +1,159 @@
+//! A cluster of real `kiln scheduler` processes on loopback, plus `kiln worker`s, for tests that
+//! kill, pause and restart nodes the way an operator's bad day would.
+//!
+//! Each node gets its own data directory and TOML file (its id, ports and the founding peers) in
+//! one temporary directory, so a node restarts exactly as it started: same file, same data.
+//! Tests ask the nodes themselves (over gRPC or the CLI) who leads; this only runs processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{free_port, KilnProcess};
+
+/// One scheduler node: its Raft id, address, config file and process.
+pub struct Node {
+    pub id: u64,
+    /// gRPC address, e.g. `http://127.0.0.1:40123`.
+    pub address: String,
+    pub config: PathBuf,
+    pub process: KilnProcess,
+    args: Vec<String>,
+}
+
+impl Node {
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts the process again (after `kill9` or `terminate`) with the same config and data.
+    pub fn start(&mut self) {
+        self.process.restart();
+    }
+
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    binary: PathBuf,
+    /// `[scheduler]` settings written into every node's TOML (values in TOML syntax).
+    settings: Vec<(String, String)>,
+    pub nodes: Vec<Node>,
+    pub workers: Vec<KilnProcess>,
+}
+
+fn toml_config(id: u64, dir: &Path, grpc: u16, http: u16, peers: &[(u64, String)], join: bool, settings: &[(String, String)]) -> String {
+    let mut s = String::from("[scheduler]\n");
+    s.push_str(&format!("node_id = {id}\n"));
+    s.push_str(&format!("data_dir = {:?}\n", dir.join(format!("node-{id}")).display().to_string()));
+    s.push_str(&format!("listen = \"127.0.0.1:{grpc}\"\n"));
+    s.push_str(&format!("http_listen = \"127.0.0.1:{http}\"\n"));
+    s.push_str(&format!("join = {join}\n"));
+    for (k, v) in settings {
+        s.push_str(&format!("{k} = {v}\n"));
+    }
+    for (pid, address) in peers {
+        s.push_str(&format!("[[scheduler.peers]]\nid = {pid}\naddress = \"{address}\"\n"));
+    }
+    s
+}
+
+impl TestCluster {
+    /// Starts `n` founding scheduler nodes (ids 1..=n). `settings` are `[scheduler]` keys with
+    /// TOML values, e.g. `("snapshot_every", "50")` or `("lease_ttl", "\"4s\"")`.
+    pub fn start(binary: &Path, n: u64, settings: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ports: Vec<(u64, u16, u16)> = (1..=n).map(|id| (id, free_port(), free_port())).collect();
+        let peers: Vec<(u64, String)> = ports.iter().map(|(id, g, _)| (*id, format!("http://127.0.0.1:{g}"))).collect();
+        let mut cluster = Self { dir, binary: binary.to_owned(), settings, nodes: Vec::new(), workers: Vec::new() };
+        for (id, grpc, http) in ports {
+            cluster.spawn_node(id, grpc, http, &peers, false);
+        }
+        cluster
+    }
+
+    fn spawn_node(&mut self, id: u64, grpc: u16, http: u16, peers: &[(u64, String)], join: bool) -> &mut Node {
+        let config = self.dir.path().join(format!("node-{id}.toml"));
+        std::fs::write(&config, toml_config(id, self.dir.path(), grpc, http, peers, join, &self.settings))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+        let args = vec!["scheduler".to_owned(), "--config".to_owned(), config.display().to_string()];
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = KilnProcess::start(&format!("node-{id}"), &self.binary, &argv, &[("KILN_LOG", "info")], self.dir.path());
+        self.nodes.push(Node { id, address: format!("http://127.0.0.1:{grpc}"), config, process, args });
+        let last = self.nodes.len() - 1;
+        &mut self.nodes[last]
+    }
+
+    /// Starts a new, empty node with `id` that waits to be added (`kiln cluster add`). Its peers
+    /// are the current nodes and itself.
+    pub fn start_joining_node(&mut self, id: u64) -> String {
+        let (grpc, http) = (free_port(), free_port());
+        let mut peers: Vec<(u64, String)> = self.nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+        peers.push((id, format!("http://127.0.0.1:{grpc}")));
+        self.spawn_node(id, grpc, http, &peers, true).address.clone()
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Node `id`'s gRPC address.
+    pub fn address(&self, id: u64) -> String {
+        self.nodes.iter().find(|n| n.id == id).map(|n| n.address.clone()).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Every node's address, comma-separated, for `--scheduler`.
+    pub fn scheduler_arg(&self) -> String {
+        self.addresses().join(",")
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    /// Starts a `kiln worker` with `slots` slots that knows every node's address.
+    pub fn start_worker(&mut self, id: &str, slots: u32, masters: &Path, derivatives: &Path) {
+        let scheduler = self.scheduler_arg();
+        let slots = slots.to_string();
+        let args = [
+            "--scheduler",
+            scheduler.as_str(),
+            "worker",
+            "--id",
+            id,
+            "--slots",
+            slots.as_str(),
+            "--no-pin",
+            "--masters",
+            masters.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", masters.display())),
+            "--derivatives",
+            derivatives.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", derivatives.display())),
+        ];
+        self.workers.push(KilnProcess::start(id, &self.binary, &args, &[], self.dir.path()));
+    }
+
+    /// SIGTERM every worker (they drain) and wait for them.
+    pub fn stop_workers(&mut self) {
+        for w in &mut self.workers {
+            w.terminate(Duration::from_secs(30));
+        }
+    }
+
+    /// Every process's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = n.process.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("---- node {} (last 40 lines)\n", n.id));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,14 @@
+//! Dev-only fixtures for Kiln's tests: masters with known content, free ports, real `kiln`
+//! processes that a test can start, kill -9, pause, SIGTERM and restart, and a [`TestCluster`]
+//! of scheduler nodes and workers built from them.
+//!
+//! Nothing here is used by the product; it exists so end-to-end tests read like the scenario they
+//! check ("kill the scheduler, restart it, every task still ends once").
+
+mod cluster;
+mod process;
+mod wav;
+
+pub use cluster::{Node, TestCluster};
+pub use process::{free_port, run, wait_for, KilnProcess};
+pub use wav::{write_wav, write_sine_wav};

@@ -1,0 +1,39 @@
+//! `/healthz` and `/metrics` over plain HTTP, for probes and scrapers (optional: `http_listen`).
+//!
+//! `/healthz` answers 200 as long as the process serves, connected or not: a worker that lost its
+//! scheduler keeps rendering what it holds, and a liveness probe must not kill it for that. The
+//! body says whether a session is open and whether the worker drains.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route("/metrics", get(metrics_text)).route("/healthz", get(healthz)).with_state(metrics)
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await {
+        tracing::error!(error = %e, "worker HTTP server stopped");
+    }
+}
+
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    let session = if metrics.is_connected() { "connected" } else { "disconnected, reconnecting" };
+    let state = if metrics.is_draining() { "draining" } else { "running" };
+    format!("ok: {state}, {session}, {} busy slots\n", metrics.busy_slots())
+}
+
+async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], metrics.render_text())
+}
