@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 use kiln_config::{PeerOptions, SchedulerOptions};
 use kiln_proto::v1;
 use kiln_scheduler::Running;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+use kiln_testkit::free_port;
 
 fn options(dir: &std::path::Path, node_id: u64, port: u16, peers: Vec<PeerOptions>) -> SchedulerOptions {
     SchedulerOptions {

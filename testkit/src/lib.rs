@@ -2,8 +2,9 @@
 //! processes that a test can start, kill -9, pause, SIGTERM and restart, and a [`TestCluster`]
 //! of scheduler nodes and workers built from them.
 //!
-//! Nothing here is used by the product; it exists so end-to-end tests read like the scenario they
-//! check ("kill the scheduler, restart it, every task still ends once").
+//! Nothing here is used by the scheduler, the worker or the CLI (the loadtest borrows its port
+//! picker); it exists so end-to-end tests read like the scenario they check ("kill the scheduler,
+//! restart it, every task still ends once").
 
 mod cluster;
 mod process;

@@ -515,19 +515,21 @@ async fn scheduler_and_worker_kpis_move_as_tasks_complete() {
         ..h.worker_options("w-kpi", 1)
     };
     let worker_http: std::net::SocketAddr = format!("127.0.0.1:{worker_port}").parse().expect("addr");
-    let running = spawn(Worker::new(opts).expect("worker"));
 
     let before = http_get(sched_http, "/metrics").await;
     assert_eq!(sample(&before, "kiln_tasks_finished_total{state=\"succeeded\"}"), 0.0);
     assert_eq!(sample(&before, "kiln_render_seconds_count{renderer=\"loudness\"}"), 0.0);
     assert_eq!(sample(&before, "kiln_lease_wait_seconds_count"), 0.0);
 
+    // Submitted before the worker connects, so the queue is observably deep in between.
     let jobs: Vec<(&str, &[&str])> =
         ["a.wav", "b.wav", "c.wav", "bad.wav"].iter().map(|n| (*n, &["loudness", "waveform"][..])).collect();
     let ids = h.submit(&jobs).await;
     let mid = http_get(sched_http, "/metrics").await;
     assert_eq!(sample(&mid, "kiln_tasks_submitted_total"), 4.0);
-    assert!(mid.contains("kiln_queue_depth{queue=\"default\""), "{mid}");
+    assert_eq!(sample(&mid, "kiln_queue_depth{queue=\"default\",state=\"ready\"}"), 4.0);
+
+    let running = spawn(Worker::new(opts).expect("worker"));
     h.wait_terminal(&ids).await;
 
     let after = http_get(sched_http, "/metrics").await;
