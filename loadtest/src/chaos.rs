@@ -130,8 +130,9 @@ impl Node {
     }
 }
 
+/// Below the ephemeral range, so a killed node's port is still free when it restarts.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(kiln_testkit::free_port())
 }
 
 fn spawn_cluster(args: &ClusterArgs, dir: &std::path::Path, max_live: u64) -> anyhow::Result<Vec<Node>> {
@@ -358,7 +359,7 @@ async fn leader_of(nodes: &[(u64, String)]) -> Option<u64> {
     None
 }
 
-/// Counts of what the audit found.
+/// Counts of what the audit found (`kiln_proto::audit`, the same check as `kiln audit`).
 #[derive(Default, serde::Serialize)]
 struct Audit {
     tasks_in_ledger: u64,
@@ -369,38 +370,15 @@ struct Audit {
 }
 
 async fn audit(addresses: &[String], submitted: &BTreeSet<String>) -> anyhow::Result<Audit> {
-    let mut client = kiln_proto::Client::new(addresses.to_vec())?;
-    client.attempt_timeout = Duration::from_secs(30);
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut a = Audit::default();
-    let mut after_id = 0;
-    loop {
-        let req = v1::ListTasksRequest { after_id, limit: 10_000, with_history: true, ..Default::default() };
-        let page = client
-            .call(|mut s| {
-                let req = req.clone();
-                async move { s.list_tasks(req).await }
-            })
-            .await?;
-        for t in &page.tasks {
-            a.tasks_in_ledger += 1;
-            *seen.entry(t.job.clone().unwrap_or_default().request_id).or_default() += 1;
-            let terminal = [v1::TaskState::Succeeded, v1::TaskState::DeadLettered, v1::TaskState::Cancelled].map(|s| s as i32);
-            if !terminal.contains(&t.state) {
-                a.stuck += 1;
-            }
-            if t.history.iter().filter(|h| h.kind == "succeeded").count() > 1 {
-                a.completed_twice += 1;
-            }
-        }
-        if page.next_after_id == 0 {
-            break;
-        }
-        after_id = page.next_after_id;
-    }
-    a.lost = submitted.iter().filter(|r| !seen.contains_key(*r)).count() as u64;
-    a.duplicated = seen.values().filter(|n| **n > 1).count() as u64;
-    Ok(a)
+    // The replicas' agreement is reported per node below, so no time is spent waiting for it here.
+    let r = kiln_proto::audit::audit(addresses, Some(submitted), Duration::ZERO).await?;
+    Ok(Audit {
+        tasks_in_ledger: r.tasks_in_ledger,
+        lost: r.lost,
+        duplicated: r.duplicated,
+        stuck: r.stuck,
+        completed_twice: r.completed_twice,
+    })
 }
 
 fn percentiles(mut v: Vec<u64>) -> serde_json::Value {

@@ -10,6 +10,7 @@ pub mod v1 {
     tonic::include_proto!("kiln.v1");
 }
 
+pub mod audit;
 pub mod client;
 mod convert;
 

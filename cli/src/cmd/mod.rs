@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod analyze;
+pub mod audit;
 pub mod cluster;
 pub mod demo;
 pub mod dlq;
