@@ -132,3 +132,15 @@ pub struct Task {
     /// with this set is never stolen again, so it cannot bounce between workers.
     pub stolen_from: Option<(WorkerId, u32)>,
 }
+
+impl Task {
+    /// What a history event says, for display. The submission's detail is not stored (it would
+    /// repeat the job in every task); it is written out here from the job.
+    pub fn event_detail(&self, event: &HistoryEvent) -> String {
+        if event.kind == EventKind::Submitted && event.detail.is_empty() {
+            let renderers: Vec<&str> = self.job.derivative_assets.iter().map(|r| r.as_str()).collect();
+            return format!("queue {} priority {} renderers {}", self.job.queue, self.job.priority, renderers.join(","));
+        }
+        event.detail.clone()
+    }
+}

@@ -38,17 +38,17 @@ pub fn task_to_pb(task: &Task, with_history: bool) -> v1::Task {
         ready_at_ms: task.ready_at,
         last_error: task.last_error.clone().unwrap_or_default(),
         result: task.result.as_ref().map(result_to_pb),
-        history: if with_history { task.history.iter().map(event_to_pb).collect() } else { Vec::new() },
+        history: if with_history { task.history.iter().map(|e| event_to_pb(task, e)).collect() } else { Vec::new() },
     }
 }
 
-fn event_to_pb(e: &HistoryEvent) -> v1::HistoryEvent {
+fn event_to_pb(task: &Task, e: &HistoryEvent) -> v1::HistoryEvent {
     v1::HistoryEvent {
         at_ms: e.at,
         kind: e.kind.as_str().to_owned(),
         worker: e.worker.as_ref().map(|w| w.to_string()).unwrap_or_default(),
         attempt: e.attempt,
-        detail: e.detail.clone(),
+        detail: task.event_detail(e),
     }
 }
 
