@@ -77,12 +77,16 @@ enum Command {
     Workers(cmd::workers::Args),
     /// Raft members, leader, term, commit and applied index.
     Cluster(cmd::cluster::Args),
+    /// Prove nothing was lost: every task in one terminal state, replicas identical.
+    Audit(cmd::audit::Args),
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: container and journald logs must stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -120,6 +124,7 @@ fn main() -> std::process::ExitCode {
             Command::Dlq(a) => cmd::dlq::run(&ctx, a).await,
             Command::Workers(a) => cmd::workers::run(&ctx, a).await,
             Command::Cluster(a) => cmd::cluster::run(&ctx, a).await,
+            Command::Audit(a) => cmd::audit::run(&ctx, a).await,
         }
     });
     match result {

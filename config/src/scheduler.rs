@@ -19,7 +19,9 @@ pub struct PeerOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerOptions {
-    /// This node's Raft id (non-zero, unique in the cluster).
+    /// This node's Raft id (unique in the cluster, never reused). 0: the id of the `peers` entry
+    /// whose address is this node's `advertise` address, so every replica of a Kubernetes
+    /// StatefulSet can share one config and differ only in the advertised pod name.
     pub node_id: u64,
     /// Where the Raft log, hard state and snapshots live (sled).
     pub data_dir: PathBuf,
@@ -27,7 +29,9 @@ pub struct SchedulerOptions {
     pub listen: SocketAddr,
     /// HTTP listen address for `/metrics` and `/healthz`.
     pub http_listen: SocketAddr,
-    /// Address other processes should use to reach this node (defaults to `http://{listen}`).
+    /// Address other processes should use to reach this node. Defaults to `http://{listen}`, or
+    /// to `http://{host name}:{port}` when `listen` is every interface (`0.0.0.0`) — `kiln scheduler`
+    /// fills that in.
     pub advertise: Option<String>,
     /// All founding voting members including this one. Empty: a single-member cluster. Read on
     /// the very first start only; later, membership is what `kiln cluster add|remove` made it.
@@ -95,10 +99,28 @@ impl SchedulerOptions {
         self.advertise.clone().unwrap_or_else(|| format!("http://{}", self.listen))
     }
 
+    /// Fills in `node_id = 0` from `peers` and `advertise` (see the field). Call before
+    /// [`Self::validate`].
+    pub fn resolve_node_id(&mut self) -> Result<(), Error> {
+        if self.node_id != 0 {
+            return Ok(());
+        }
+        let advertise = self.advertise_address();
+        match self.peers.iter().find(|p| p.address.trim_end_matches('/') == advertise.trim_end_matches('/')) {
+            Some(p) => {
+                self.node_id = p.id;
+                Ok(())
+            }
+            None => Err(Error::Invalid(format!(
+                "scheduler: node_id is 0 but no entry of peers has this node's advertise address {advertise:?}"
+            ))),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Invalid(format!("scheduler: {m}")));
         if self.node_id == 0 {
-            return bad("node_id must be non-zero".into());
+            return bad("node_id must be non-zero (or resolved from peers and advertise)".into());
         }
         if self.heartbeat_interval * 2 > self.lease_ttl {
             return bad(format!(
@@ -119,5 +141,37 @@ impl SchedulerOptions {
             return bad("election_ticks must be at least 3".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_pods() -> SchedulerOptions {
+        SchedulerOptions {
+            node_id: 0,
+            peers: (0..3)
+                .map(|i| PeerOptions { id: i + 1, address: format!("http://kiln-scheduler-{i}.kiln-scheduler:7450") })
+                .collect(),
+            ..SchedulerOptions::default()
+        }
+    }
+
+    #[test]
+    fn node_id_zero_is_found_in_peers_by_the_advertised_address() {
+        let mut s = three_pods();
+        s.advertise = Some("http://kiln-scheduler-2.kiln-scheduler:7450/".into());
+        s.resolve_node_id().expect("resolved");
+        assert_eq!(s.node_id, 3);
+        s.validate().expect("valid");
+    }
+
+    #[test]
+    fn node_id_zero_without_a_matching_peer_is_an_error_naming_the_address() {
+        let mut s = three_pods();
+        s.advertise = Some("http://elsewhere:7450".into());
+        let err = s.resolve_node_id().unwrap_err().to_string();
+        assert!(err.contains("http://elsewhere:7450"), "{err}");
     }
 }

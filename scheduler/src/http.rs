@@ -27,7 +27,9 @@ struct Shared {
 }
 
 pub fn router(handle: Handle, hub: Arc<Hub>) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(Shared { handle, hub })
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .with_state(Shared { handle, hub })
 }
 
 pub async fn serve(
@@ -43,6 +45,15 @@ async fn healthz(State(Shared { handle, .. }): State<Shared>) -> impl IntoRespon
     match handle.status().await {
         Ok(s) if s.leader_id != 0 => (StatusCode::OK, format!("ok: node {} leader {} term {}\n", s.id, s.leader_id, s.term)),
         Ok(s) => (StatusCode::SERVICE_UNAVAILABLE, format!("no leader known (node {}, term {})\n", s.id, s.term)),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// Liveness, as opposed to readiness (`/healthz`): the node's loop answers, leader or not. An
+/// election must not get a node restarted by its orchestrator.
+async fn livez(State(Shared { handle, .. }): State<Shared>) -> impl IntoResponse {
+    match handle.status().await {
+        Ok(s) => (StatusCode::OK, format!("alive: node {} term {}\n", s.id, s.term)),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }

@@ -89,6 +89,7 @@ impl Worker {
 
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let started = Instant::now();
         let Worker { opts, id, addresses, store, capacity, renderer } = self;
         let slots_n = capacity.slots;
         let target = slots_n.saturating_mul(1 + opts.prefetch);
@@ -151,6 +152,7 @@ impl Worker {
             target,
             drain: None,
             drain_grace: opts.drain_grace,
+            cold_start: Some(started),
         };
         core.run(shutdown).await;
         let quiet = metrics.busy_slots() == 0;
@@ -201,6 +203,9 @@ struct Core {
     target: usize,
     drain: Option<Drain>,
     drain_grace: Duration,
+    /// When the worker started, until its first lease: the cold-start figure operators watch
+    /// when they scale out (logged once, `first lease`).
+    cold_start: Option<Instant>,
 }
 
 impl Core {
@@ -319,6 +324,9 @@ impl Core {
     }
 
     async fn on_assign(&mut self, tasks: Vec<v1::Assignment>) {
+        if let Some(started) = self.cold_start.take() {
+            tracing::info!(after_ms = started.elapsed().as_millis() as u64, "first lease");
+        }
         let mut refused = Vec::new();
         for a in tasks {
             let Some(lease) = a.lease else { continue };

@@ -52,6 +52,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.force_new_cluster {
         s.force_new_cluster = true;
     }
+    // Listening on every interface says nothing about how others reach this node; its host name
+    // does (a container's service name, a StatefulSet pod's stable name).
+    if s.advertise.is_none() && s.listen.ip().is_unspecified() {
+        if let Some(host) = sysinfo::System::host_name().filter(|h| !h.is_empty()) {
+            s.advertise = Some(format!("http://{host}:{}", s.listen.port()));
+        }
+    }
+    opts.scheduler.resolve_node_id()?;
     opts.scheduler.validate()?;
     let running = kiln_scheduler::start(&opts.scheduler).await.context("cannot start the scheduler")?;
     println!("kiln scheduler: node {} serving gRPC on {} and HTTP on {}", opts.scheduler.node_id, running.grpc_addr(), running.http_addr());

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Validates what deploy/ ships, without a cluster.
+
+- Kubernetes manifests against the API schemas of several Kubernetes versions (the
+  kubernetes-validate package carries them), strictly: an unknown or misspelt field fails.
+- The Prometheus Operator resources (CRDs, no schema in that package) structurally.
+- The promises the manifests make to each other: the worker's termination grace covers its
+  preStop and drain, its CPU request equals its slots, the StatefulSet has one replica per
+  Raft peer and its peers are the pods' stable names.
+- compose.yaml: three schedulers whose peer lists agree, workers that know all three.
+- systemd units with `systemd-analyze verify`, where systemd is installed.
+Exits non-zero on the first kind of failure, printing every problem found.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+K8S = os.path.join(ROOT, "deploy", "k8s")
+VERSIONS = ["1.30", "1.37"]
+problems = []
+
+
+def docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def seconds(text):
+    m = re.fullmatch(r"(\d+)\s*(s|m)?", str(text))
+    if not m:
+        raise ValueError(f"not a duration: {text}")
+    return int(m.group(1)) * (60 if m.group(2) == "m" else 1)
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def peer_addresses(toml_list):
+    return re.findall(r'address\s*=\s*"([^"]+)"', toml_list)
+
+
+resources = []
+kustomization = docs(os.path.join(K8S, "kustomization.yaml"))[0]
+for name in kustomization["resources"]:
+    for d in docs(os.path.join(K8S, name)):
+        resources.append((name, d))
+
+for name, d in resources:
+    kind = f'{d["apiVersion"]}/{d["kind"]}'
+    if d["apiVersion"].startswith("monitoring.coreos.com/"):
+        spec = d.get("spec", {})
+        endpoints = spec.get("endpoints") or spec.get("podMetricsEndpoints")
+        if not spec.get("selector") or not endpoints or not all("port" in e for e in endpoints):
+            problems.append(f"{name}: {kind} needs spec.selector and endpoints with a port")
+        continue
+    for version in VERSIONS:
+        try:
+            kubernetes_validate.validate(d, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            problems.append(f"{name}: {kind} {d['metadata']['name']} against {version}: {e.message} at {list(e.path)}")
+
+by_kind = {(d["kind"], d["metadata"]["name"]): d for _, d in resources}
+worker = by_kind[("Deployment", "kiln-worker")]["spec"]["template"]["spec"]
+wc = worker["containers"][0]
+wenv = env_of(wc)
+pre_stop = wc.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+drain = seconds(wenv["KILN_WORKER__DRAIN_GRACE"])
+if worker["terminationGracePeriodSeconds"] < pre_stop + drain + 10:
+    problems.append(f"worker: terminationGracePeriodSeconds {worker['terminationGracePeriodSeconds']} < preStop {pre_stop} + drain {drain} + 10")
+if str(wc["resources"]["requests"]["cpu"]) != wenv["KILN_WORKER__SLOTS"]:
+    problems.append("worker: the CPU request must equal KILN_WORKER__SLOTS (one core per slot)")
+
+sts = by_kind[("StatefulSet", "kiln-scheduler")]
+sc = sts["spec"]["template"]["spec"]["containers"][0]
+senv = env_of(sc)
+peers = peer_addresses(senv["KILN_SCHEDULER__PEERS"])
+if len(peers) != sts["spec"]["replicas"]:
+    problems.append(f"scheduler: {sts['spec']['replicas']} replicas but {len(peers)} peers")
+service = sts["spec"]["serviceName"]
+expected = [f"http://kiln-scheduler-{i}.{service}:7450" for i in range(sts["spec"]["replicas"])]
+if peers != expected:
+    problems.append(f"scheduler: peers {peers} are not the pods' stable names {expected}")
+if senv.get("KILN_SCHEDULER__NODE_ID") != "0" or "$(POD_NAME)" not in senv.get("KILN_SCHEDULER__ADVERTISE", ""):
+    problems.append("scheduler: node_id must be 0 (taken from peers) and advertise the pod name")
+if sts["spec"].get("podManagementPolicy") != "Parallel":
+    problems.append("scheduler: podManagementPolicy must be Parallel (one pod alone never becomes ready)")
+
+compose = docs(os.path.join(ROOT, "deploy", "compose.yaml"))[0]
+services = compose["services"]
+schedulers = sorted(s for s in services if s.startswith("scheduler-"))
+if len(schedulers) != 3:
+    problems.append(f"compose: expected three schedulers, found {schedulers}")
+peer_lists = {s: peer_addresses(services[s]["environment"]["KILN_SCHEDULER__PEERS"]) for s in schedulers}
+for s, p in peer_lists.items():
+    if p != [f"http://{x}:7450" for x in schedulers]:
+        problems.append(f"compose: {s} lists peers {p}")
+    if services[s]["environment"]["KILN_SCHEDULER__ADVERTISE"] != f"http://{s}:7450":
+        problems.append(f"compose: {s} advertises the wrong address")
+for s in (s for s in services if s.startswith("worker-")):
+    listed = re.findall(r"http://(scheduler-\d):7450", services[s]["environment"]["KILN_WORKER__SCHEDULERS"])
+    if sorted(listed) != schedulers:
+        problems.append(f"compose: {s} knows schedulers {listed}")
+
+if shutil.which("systemd-analyze"):
+    with tempfile.TemporaryDirectory() as tmp:
+        units = []
+        for unit in ("kiln-scheduler.service", "kiln-worker.service"):
+            with open(os.path.join(ROOT, "deploy", "systemd", unit)) as f:
+                text = f.read().replace("/usr/local/bin/kiln", shutil.which("true"))
+            path = os.path.join(tmp, unit)
+            with open(path, "w") as f:
+                f.write(text)
+            units.append(path)
+        out = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True)
+        noise = ("Failed to", "Cannot", "kiln.service")  # no running systemd in a container
+        lines = [l for l in (out.stdout + out.stderr).splitlines() if l.strip() and not l.startswith(noise)]
+        if lines:
+            problems.append("systemd units: " + "; ".join(lines))
+else:
+    print("systemd-analyze not installed: units not verified")
+
+for p in problems:
+    print("FAIL", p)
+if problems:
+    sys.exit(1)
+print(f"deploy manifests valid ({len(resources)} Kubernetes resources against {', '.join(VERSIONS)}; compose; systemd)")
