@@ -178,7 +178,7 @@ async fn a_follower_that_missed_compacted_entries_catches_up_from_a_snapshot() {
         n.shutdown().await;
     }
     // Enough tasks that the snapshot is several 1 MiB chunks on the wire.
-    for b in 0..60 {
+    for b in 0..90 {
         submit(addresses.clone(), jobs(&format!("while-down-{b}"), 300)).await;
     }
     let leader_node = nodes[(leader - 1) as usize].as_ref().expect("leader");
@@ -189,7 +189,7 @@ async fn a_follower_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     nodes[follower] = Some(kiln_scheduler::start(&opts[follower]).await.expect("restart"));
     let all: Vec<&Running> = nodes.iter().flatten().collect();
     wait_identical(&all).await;
-    assert_eq!(task_count(all[follower]).await, 18010);
+    assert_eq!(task_count(all[follower]).await, 27010);
     let caught_up = all[follower].handle().status().await.expect("status");
     assert!(caught_up.snapshot_index >= s.snapshot_index, "caught up through a snapshot: {caught_up:?}");
     for n in nodes.into_iter().flatten() {
