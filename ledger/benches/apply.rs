@@ -8,7 +8,7 @@ use kiln_types::{AssetGuid, EncodeJob, QueueName, RendererName, RequestId, Worke
 const TASKS: usize = 10_000;
 
 fn jobs() -> Vec<EncodeJob> {
-    let renderers: std::collections::BTreeSet<RendererName> =
+    let renderers: kiln_types::RendererSet =
         ["loudness", "waveform"].into_iter().filter_map(|r| RendererName::new(r).ok()).collect();
     (0..TASKS)
         .filter_map(|i| {

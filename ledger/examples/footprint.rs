@@ -6,10 +6,8 @@
 //! Jobs look like a catalog manifest's (five renderers, release/track GUIDs). Reads the process's
 //! own RSS from /proc, so it is Linux-only; elsewhere it prints the sizes it can.
 
-use std::collections::BTreeSet;
-
 use kiln_ledger::{Command, Ledger, LedgerConfig};
-use kiln_types::{AssetGuid, EncodeJob, QueueName, RendererName, RequestId};
+use kiln_types::{AssetGuid, EncodeJob, QueueName, RendererName, RendererSet, RequestId};
 
 /// `VmRSS` and `VmHWM` of this process in MiB, where /proc has them.
 fn rss_mib() -> (f64, f64) {
@@ -26,9 +24,15 @@ fn rss_mib() -> (f64, f64) {
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let renderers: BTreeSet<RendererName> =
+    let renderers: RendererSet =
         ["bpm", "key", "loudness", "waveform", "aac128"].into_iter().filter_map(|r| RendererName::new(r).ok()).collect();
     let mut ledger = Ledger::new(LedgerConfig { max_live_tasks: n as u64 + 1, ..LedgerConfig::default() });
+    println!(
+        "sizes: Task {} B, EncodeJob {} B, HistoryEvent {} B",
+        std::mem::size_of::<kiln_ledger::Task>(),
+        std::mem::size_of::<EncodeJob>(),
+        std::mem::size_of::<kiln_ledger::HistoryEvent>()
+    );
     let (base, _) = rss_mib();
     let batch = 2_000;
     for start in (0..n).step_by(batch) {

@@ -139,7 +139,7 @@ pub(crate) struct Indexes {
 }
 
 impl Indexes {
-    fn build(tasks: &BTreeMap<TaskId, Task>) -> Self {
+    fn build(tasks: &BTreeMap<TaskId, Box<Task>>) -> Self {
         let mut ix = Indexes::default();
         for task in tasks.values() {
             ix.by_request.insert(task.job.request_id.clone(), task.id);
@@ -237,7 +237,9 @@ pub struct Ledger {
     config: LedgerConfig,
     next_task: u64,
     next_ready_seq: u64,
-    tasks: BTreeMap<TaskId, Task>,
+    /// Boxed tasks: a B-tree node holds eleven slots, mostly half empty, so inline tasks wasted
+    /// hundreds of bytes each.
+    tasks: BTreeMap<TaskId, Box<Task>>,
     workers: BTreeMap<WorkerId, WorkerRecord>,
     submitted_total: u64,
     /// Terminal tasks already garbage-collected or purged, by final state.
@@ -492,7 +494,7 @@ impl Ledger {
             };
             self.ix.by_request.insert(task.job.request_id.clone(), id);
             self.ix.insert(&task);
-            self.tasks.insert(id, task);
+            self.tasks.insert(id, Box::new(task));
             results.push(SubmitOutcome { task: id, created: true });
         }
         if !queues.is_empty() {
@@ -666,7 +668,7 @@ impl Ledger {
         }
         let late = self.tasks.get(&id).is_some_and(|t| t.state == TaskState::Queued);
         self.transition(id, |t| {
-            t.result = Some(result);
+            t.result = Some(Box::new(result));
             t.last_error = None;
             // The record names who did the work.
             t.worker = Some(worker.clone());
@@ -870,11 +872,11 @@ impl Ledger {
     // Reads
 
     pub fn task(&self, id: TaskId) -> Option<&Task> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(Box::as_ref)
     }
 
     pub fn task_by_request(&self, id: &RequestId) -> Option<&Task> {
-        self.ix.by_request.get(id).and_then(|t| self.tasks.get(t))
+        self.ix.by_request.get(id).and_then(|t| self.tasks.get(t)).map(Box::as_ref)
     }
 
     /// Tasks matching `filter` in id order, at most `filter.limit` (0 means no limit).
@@ -883,7 +885,7 @@ impl Ledger {
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
         self.tasks
             .range(TaskId(start)..)
-            .map(|(_, t)| t)
+            .map(|(_, t)| t.as_ref())
             .filter(|t| filter.state.is_none_or(|s| s == t.state))
             .filter(|t| filter.queue.as_ref().is_none_or(|q| *q == t.job.queue))
             .filter(|t| filter.release_id.is_none_or(|r| r == t.job.release_id))
@@ -927,7 +929,7 @@ impl Ledger {
 
     /// Leases `worker` holds now.
     pub fn leases_of(&self, worker: &WorkerId) -> Vec<&Task> {
-        self.ix.by_worker.get(worker).map_or_else(Vec::new, |ids| ids.iter().filter_map(|id| self.tasks.get(id)).collect())
+        self.ix.by_worker.get(worker).map_or_else(Vec::new, |ids| ids.iter().filter_map(|id| self.tasks.get(id).map(Box::as_ref)).collect())
     }
 
     /// Completions and failures over the minute before `now`.
@@ -1029,7 +1031,7 @@ impl Ledger {
             config: &self.config,
             next_task: self.next_task,
             next_ready_seq: self.next_ready_seq,
-            tasks: self.tasks.values().collect(),
+            tasks: self.tasks.values().map(Box::as_ref).collect(),
             workers: self.workers.values().collect(),
             submitted_total: self.submitted_total,
             collected: self.collected,
@@ -1042,7 +1044,7 @@ impl Ledger {
 
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let s: Snapshot = postcard::from_bytes(bytes)?;
-        let tasks: BTreeMap<TaskId, Task> = s.tasks.into_iter().map(|t| (t.id, t)).collect();
+        let tasks: BTreeMap<TaskId, Box<Task>> = s.tasks.into_iter().map(|t| (t.id, Box::new(t))).collect();
         let workers = s.workers.into_iter().map(|w| (w.spec.id.clone(), w)).collect();
         let ix = Indexes::build(&tasks);
         Ok(Self {
@@ -1071,7 +1073,7 @@ impl Ledger {
     }
 
     // For the invariant checker.
-    pub(crate) fn parts(&self) -> (&BTreeMap<TaskId, Task>, &BTreeMap<WorkerId, WorkerRecord>, &Indexes, StateCounts, u64) {
+    pub(crate) fn parts(&self) -> (&BTreeMap<TaskId, Box<Task>>, &BTreeMap<WorkerId, WorkerRecord>, &Indexes, StateCounts, u64) {
         (&self.tasks, &self.workers, &self.ix, self.collected, self.submitted_total)
     }
 

@@ -125,7 +125,8 @@ pub struct Task {
     pub submitted_at: Millis,
     pub updated_at: Millis,
     pub last_error: Option<String>,
-    pub result: Option<TaskResult>,
+    /// Boxed: most of a big ledger is queued tasks, which have none.
+    pub result: Option<Box<TaskResult>>,
     pub history: Vec<HistoryEvent>,
     /// While leased after a steal: the lease it was stolen from. Its holder was told to drop it,
     /// but may have started it already; its completion still counts if it comes first. A task

@@ -1,7 +1,5 @@
 //! Wire ⇄ domain conversions for the types in `kiln-types`.
 
-use std::collections::BTreeSet;
-
 use kiln_types::{AssetGuid, EncodeJob, JobError, QueueName, RendererName, RequestId};
 use thiserror::Error;
 
@@ -27,7 +25,9 @@ pub fn job_from_pb(pb: v1::EncodeJob) -> Result<EncodeJob, ConvertError> {
         .derivative_assets
         .into_iter()
         .map(RendererName::new)
-        .collect::<Result<BTreeSet<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .collect();
     let job = EncodeJob {
         request_id: RequestId::new(pb.request_id)?,
         release_id: pb.release_id,

@@ -37,7 +37,7 @@ pub fn task_to_pb(task: &Task, with_history: bool) -> v1::Task {
         updated_at_ms: task.updated_at,
         ready_at_ms: task.ready_at,
         last_error: task.last_error.clone().unwrap_or_default(),
-        result: task.result.as_ref().map(result_to_pb),
+        result: task.result.as_deref().map(result_to_pb),
         history: if with_history { task.history.iter().map(|e| event_to_pb(task, e)).collect() } else { Vec::new() },
     }
 }

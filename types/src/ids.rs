@@ -1,5 +1,6 @@
 //! Identifier newtypes and their validation rules.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -33,10 +34,17 @@ fn is_token_char(c: char) -> bool {
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $check:expr) => {
+        string_id!($(#[$doc])* $name, $field, $max, $check, &[]);
+    };
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $check:expr, $interned:expr) => {
         $(#[$doc])*
+        ///
+        /// Stored as a `Cow<'static, str>`: common values (the built-in renderers, the default
+        /// queue) borrow a static string, others own exactly their bytes. A million queued tasks
+        /// each carry several of these, so the allocations add up.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Cow<'static, str>);
 
         impl $name {
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidValue> {
@@ -53,7 +61,8 @@ macro_rules! string_id {
                 }
                 let check: fn(&str) -> Result<(), String> = $check;
                 check(&value).map_err(|reason| InvalidValue::new($field, &value, reason))?;
-                Ok(Self(value))
+                let interned: &[&'static str] = $interned;
+                Ok(Self(intern(value, interned)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -76,7 +85,7 @@ macro_rules! string_id {
 
         impl From<$name> for String {
             fn from(value: $name) -> String {
-                value.0
+                value.0.into_owned()
             }
         }
 
@@ -87,6 +96,17 @@ macro_rules! string_id {
             }
         }
     };
+}
+
+/// The static copy of `value` if it is one of `interned`, else `value` without spare capacity.
+fn intern(mut value: String, interned: &[&'static str]) -> Cow<'static, str> {
+    match interned.iter().find(|s| **s == value) {
+        Some(s) => Cow::Borrowed(s),
+        None => {
+            value.shrink_to_fit();
+            Cow::Owned(value)
+        }
+    }
 }
 
 string_id!(
@@ -127,7 +147,8 @@ string_id!(
     RendererName,
     "renderer",
     64,
-    check_lower_token
+    check_lower_token,
+    crate::job::BUILTIN_RENDERERS
 );
 
 string_id!(
@@ -135,12 +156,13 @@ string_id!(
     QueueName,
     "queue",
     64,
-    check_lower_token
+    check_lower_token,
+    &["default"]
 );
 
 impl Default for QueueName {
     fn default() -> Self {
-        Self("default".to_owned())
+        Self(Cow::Borrowed("default"))
     }
 }
 

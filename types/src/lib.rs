@@ -12,7 +12,7 @@ mod ids;
 mod job;
 
 pub use ids::{AssetGuid, QueueName, RendererName, RequestId, TaskId, WorkerId};
-pub use job::{default_max_attempts as job_default_max_attempts, EncodeJob, JobError, BUILTIN_RENDERERS};
+pub use job::{default_max_attempts as job_default_max_attempts, EncodeJob, JobError, RendererSet, BUILTIN_RENDERERS};
 
 use thiserror::Error;
 
