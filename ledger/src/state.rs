@@ -1038,8 +1038,11 @@ impl Ledger {
             rates: self.rates.iter().collect(),
             steals_total: self.steals_total,
         };
-        // Serializing plain data structures into a Vec cannot fail.
-        postcard::to_stdvec(&snapshot).unwrap_or_default()
+        // Sized first, so the buffer is allocated once at its final size: a growing Vec of a
+        // 100 MB snapshot briefly holds its old and new halves, which is the replica's peak.
+        // Serializing plain data structures cannot fail.
+        let size = postcard::serialize_with_flavor(&snapshot, postcard::ser_flavors::Size::default()).unwrap_or(0);
+        postcard::to_extend(&snapshot, Vec::with_capacity(size)).unwrap_or_default()
     }
 
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, postcard::Error> {

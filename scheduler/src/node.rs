@@ -183,8 +183,9 @@ struct Image {
 
 fn encode_image(members: &BTreeMap<u64, String>, ledger: &Ledger) -> Vec<u8> {
     let image = Image { members: members.iter().map(|(id, a)| (*id, a.clone())).collect(), ledger: ledger.to_snapshot() };
-    // Serializing plain data into a Vec cannot fail.
-    postcard::to_stdvec(&image).unwrap_or_default()
+    // Allocated once at its final size (see `Ledger::to_snapshot`); plain data cannot fail.
+    let size = postcard::serialize_with_flavor(&image, postcard::ser_flavors::Size::default()).unwrap_or(0);
+    postcard::to_extend(&image, Vec::with_capacity(size)).unwrap_or_default()
 }
 
 fn decode_image(bytes: &[u8]) -> Result<(BTreeMap<u64, String>, Ledger), postcard::Error> {

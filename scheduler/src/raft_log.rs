@@ -101,12 +101,14 @@ fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
     let path = dir.join(SNAPSHOT_FILE);
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let io = |source| Error::Io { path: path.clone(), source };
-    let bytes = encode("snapshot", snapshot)?;
     {
         use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        // Streamed to the file rather than encoded into one more whole-ledger buffer.
+        let f = std::fs::File::create(&tmp).map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        protobuf::Message::write_to_writer(snapshot, &mut w).map_err(|source| Error::Corrupt { what: "snapshot", source })?;
+        w.flush().map_err(io)?;
+        w.get_ref().sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, &path).map_err(io)?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
