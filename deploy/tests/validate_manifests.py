@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Validates what deploy/ ships, without a cluster.
 
-- Kubernetes manifests against the API schemas of several Kubernetes versions (the
-  kubernetes-validate package carries them), strictly: an unknown or misspelt field fails.
+- Kubernetes manifests — the base and every overlay, patches applied — against the API schemas of
+  several Kubernetes versions (the kubernetes-validate package carries them), strictly: an
+  unknown or misspelt field fails.
 - The Prometheus Operator resources (CRDs, no schema in that package) structurally.
 - The promises the manifests make to each other: the worker's termination grace covers its
   preStop and drain, its CPU request equals its slots, the StatefulSet has one replica per
@@ -47,51 +48,94 @@ def peer_addresses(toml_list):
     return re.findall(r'address\s*=\s*"([^"]+)"', toml_list)
 
 
-resources = []
-kustomization = docs(os.path.join(K8S, "kustomization.yaml"))[0]
-for name in kustomization["resources"]:
-    for d in docs(os.path.join(K8S, name)):
-        resources.append((name, d))
+def merge(base, patch):
+    """Strategic merge as kustomize does it for these manifests: maps merge key by key, lists of
+    named maps (containers, env, ports, volumes) merge by name, other lists are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = merge(base[k], v) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x for x in base + patch):
+        out = [dict(x) for x in base]
+        for p in patch:
+            i = next((i for i, b in enumerate(out) if b["name"] == p["name"]), None)
+            if i is None:
+                out.append(p)
+            else:
+                out[i] = merge(out[i], p)
+        return out
+    return patch
 
-for name, d in resources:
-    kind = f'{d["apiVersion"]}/{d["kind"]}'
-    if d["apiVersion"].startswith("monitoring.coreos.com/"):
-        spec = d.get("spec", {})
-        endpoints = spec.get("endpoints") or spec.get("podMetricsEndpoints")
-        if not spec.get("selector") or not endpoints or not all("port" in e for e in endpoints):
-            problems.append(f"{name}: {kind} needs spec.selector and endpoints with a port")
-        continue
-    for version in VERSIONS:
-        try:
-            kubernetes_validate.validate(d, version, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            problems.append(f"{name}: {kind} {d['metadata']['name']} against {version}: {e.message} at {list(e.path)}")
 
-by_kind = {(d["kind"], d["metadata"]["name"]): d for _, d in resources}
-worker = by_kind[("Deployment", "kiln-worker")]["spec"]["template"]["spec"]
-wc = worker["containers"][0]
-wenv = env_of(wc)
-pre_stop = wc.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-drain = seconds(wenv["KILN_WORKER__DRAIN_GRACE"])
-if worker["terminationGracePeriodSeconds"] < pre_stop + drain + 10:
-    problems.append(f"worker: terminationGracePeriodSeconds {worker['terminationGracePeriodSeconds']} < preStop {pre_stop} + drain {drain} + 10")
-if str(wc["resources"]["requests"]["cpu"]) != wenv["KILN_WORKER__SLOTS"]:
-    problems.append("worker: the CPU request must equal KILN_WORKER__SLOTS (one core per slot)")
+def render(directory):
+    """The resources a kustomization produces (resources, then its patches)."""
+    k = docs(os.path.join(directory, "kustomization.yaml"))[0]
+    out = []
+    for name in k["resources"]:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            out.extend(render(path))
+        else:
+            out.extend((os.path.relpath(path, K8S), d) for d in docs(path))
+    for patch in k.get("patches", []):
+        for p in docs(os.path.join(directory, patch["path"])):
+            hits = [i for i, (_, d) in enumerate(out) if (d["kind"], d["metadata"]["name"]) == (p["kind"], p["metadata"]["name"])]
+            if not hits:
+                problems.append(f"{directory}: patch {patch['path']} matches no resource")
+            for i in hits:
+                out[i] = (out[i][0] + " + " + patch["path"], merge(out[i][1], p))
+    return out
 
-sts = by_kind[("StatefulSet", "kiln-scheduler")]
-sc = sts["spec"]["template"]["spec"]["containers"][0]
-senv = env_of(sc)
-peers = peer_addresses(senv["KILN_SCHEDULER__PEERS"])
-if len(peers) != sts["spec"]["replicas"]:
-    problems.append(f"scheduler: {sts['spec']['replicas']} replicas but {len(peers)} peers")
-service = sts["spec"]["serviceName"]
-expected = [f"http://kiln-scheduler-{i}.{service}:7450" for i in range(sts["spec"]["replicas"])]
-if peers != expected:
-    problems.append(f"scheduler: peers {peers} are not the pods' stable names {expected}")
-if senv.get("KILN_SCHEDULER__NODE_ID") != "0" or "$(POD_NAME)" not in senv.get("KILN_SCHEDULER__ADVERTISE", ""):
-    problems.append("scheduler: node_id must be 0 (taken from peers) and advertise the pod name")
-if sts["spec"].get("podManagementPolicy") != "Parallel":
-    problems.append("scheduler: podManagementPolicy must be Parallel (one pod alone never becomes ready)")
+
+def check(variant, resources):
+    for name, d in resources:
+        kind = f'{d["apiVersion"]}/{d["kind"]}'
+        if d["apiVersion"].startswith("monitoring.coreos.com/"):
+            spec = d.get("spec", {})
+            endpoints = spec.get("endpoints") or spec.get("podMetricsEndpoints")
+            if not spec.get("selector") or not endpoints or not all("port" in e for e in endpoints):
+                problems.append(f"{variant} {name}: {kind} needs spec.selector and endpoints with a port")
+            continue
+        for version in VERSIONS:
+            try:
+                kubernetes_validate.validate(d, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                problems.append(f"{variant} {name}: {kind} {d['metadata']['name']} against {version}: {e.message} at {list(e.path)}")
+
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for _, d in resources}
+    worker = by_kind[("Deployment", "kiln-worker")]["spec"]["template"]["spec"]
+    wc = worker["containers"][0]
+    wenv = env_of(wc)
+    pre_stop = wc.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    drain = seconds(wenv["KILN_WORKER__DRAIN_GRACE"])
+    if worker["terminationGracePeriodSeconds"] < pre_stop + drain + 10:
+        problems.append(f"{variant} worker: terminationGracePeriodSeconds {worker['terminationGracePeriodSeconds']} < preStop {pre_stop} + drain {drain} + 10")
+    if str(wc["resources"]["requests"]["cpu"]) != wenv["KILN_WORKER__SLOTS"]:
+        problems.append(f"{variant} worker: the CPU request must equal KILN_WORKER__SLOTS (one core per slot)")
+
+    sts = by_kind[("StatefulSet", "kiln-scheduler")]
+    sc = sts["spec"]["template"]["spec"]["containers"][0]
+    senv = env_of(sc)
+    peers = peer_addresses(senv["KILN_SCHEDULER__PEERS"])
+    if len(peers) != sts["spec"]["replicas"]:
+        problems.append(f"{variant} scheduler: {sts['spec']['replicas']} replicas but {len(peers)} peers")
+    service = sts["spec"]["serviceName"]
+    expected = [f"http://kiln-scheduler-{i}.{service}:7450" for i in range(sts["spec"]["replicas"])]
+    if peers != expected:
+        problems.append(f"{variant} scheduler: peers {peers} are not the pods' stable names {expected}")
+    if senv.get("KILN_SCHEDULER__NODE_ID") != "0" or "$(POD_NAME)" not in senv.get("KILN_SCHEDULER__ADVERTISE", ""):
+        problems.append(f"{variant} scheduler: node_id must be 0 (taken from peers) and advertise the pod name")
+    if sts["spec"].get("podManagementPolicy") != "Parallel":
+        problems.append(f"{variant} scheduler: podManagementPolicy must be Parallel (one pod alone never becomes ready)")
+    return len(resources)
+
+
+variants = {"base": K8S}
+overlays = os.path.join(K8S, "overlays")
+for o in sorted(os.listdir(overlays)) if os.path.isdir(overlays) else []:
+    variants[f"overlay {o}"] = os.path.join(overlays, o)
+counted = {v: check(v, render(d)) for v, d in variants.items()}
 
 compose = docs(os.path.join(ROOT, "deploy", "compose.yaml"))[0]
 services = compose["services"]
@@ -131,4 +175,5 @@ for p in problems:
     print("FAIL", p)
 if problems:
     sys.exit(1)
-print(f"deploy manifests valid ({len(resources)} Kubernetes resources against {', '.join(VERSIONS)}; compose; systemd)")
+summary = ", ".join(f"{v}: {n} resources" for v, n in counted.items())
+print(f"deploy manifests valid (Kubernetes {summary}, against {', '.join(VERSIONS)}; compose; systemd)")
