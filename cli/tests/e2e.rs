@@ -305,3 +305,61 @@ fn a_manifest_of_many_batches_is_admitted_concurrently_and_resubmitting_admits_n
     assert_eq!(s["submitted_total"].as_u64(), Some(n), "{s}");
     scheduler.terminate(Duration::from_secs(10));
 }
+
+/// Serves `body` at `path` over plain HTTP/1.1 on loopback (404 elsewhere), like a bucket behind
+/// an HTTP endpoint; returns the port.
+fn serve_http(path: &'static str, body: String) -> u16 {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let found = request_line.split_whitespace().nth(1) == Some(path);
+            let (status, content) = if found { ("200 OK", body.as_str()) } else { ("404 Not Found", "") };
+            let _ = write!(
+                &stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/csv\r\nConnection: close\r\n\r\n{content}",
+                content.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_manifest_at_a_url_is_downloaded_validated_and_admitted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let grpc = format!("http://127.0.0.1:{grpc_port}");
+    let sargs = scheduler_args(dir.path(), grpc_port, http_port);
+    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
+    let mut scheduler = KilnProcess::start("scheduler", &kiln(), &sargs, &[], dir.path());
+    wait_for("the scheduler to answer", Duration::from_secs(30), || status(&grpc).is_some());
+    let mut csv = String::from("request_id,release_id,asset_id,asset_guid,derivative_assets\n");
+    for i in 0..2500 {
+        csv.push_str(&format!("url-{i},3,{i},rel-3/{i}.wav,loudness;waveform\n"));
+    }
+    csv.push_str("url-bad,3,9999,../escape.wav,loudness\n");
+    let port = serve_http("/manifests/catalog.csv", csv);
+    let url = format!("http://127.0.0.1:{port}/manifests/catalog.csv");
+
+    // The bad line is reported with the URL and its line number, and nothing is admitted.
+    let refused = run(&kiln(), &["--scheduler", &grpc, "submit", "--manifest", &url]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains(&format!("{url}:2502:")) && err.contains("nothing was submitted"), "{err}");
+    assert_eq!(status(&grpc).expect("status")["submitted_total"].as_u64(), Some(0));
+
+    let admitted = kiln_json(&grpc, &["submit", "--manifest", &url, "--skip-invalid"]);
+    assert_eq!((admitted["created"].as_u64(), admitted["invalid"].as_u64()), (Some(2500), Some(1)), "{admitted}");
+    let missing = run(&kiln(), &["--scheduler", &grpc, "submit", "--manifest", &format!("http://127.0.0.1:{port}/nope.jsonl")]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot download the manifest"), "{missing:?}");
+    scheduler.terminate(Duration::from_secs(10));
+}

@@ -43,4 +43,5 @@ pub use capacity::{measure_speed, Capacity};
 pub use error::{Error, TaskError};
 pub use manifest::Manifest;
 pub use slots::Render;
+pub use store::{download, Remote};
 pub use worker::{Worker, DELIVERY_GRACE};

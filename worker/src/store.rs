@@ -192,6 +192,28 @@ impl Remote {
     }
 }
 
+/// Downloads the object at `url` (s3://, gs://, az://, http(s)://) into `file` one chunk at a
+/// time, so a manifest of millions of lines kept in a store never sits in memory whole. Returns
+/// the bytes written. This is how `kiln submit --manifest s3://…` reads its manifest.
+pub async fn download(url: &str, remote: &Remote, file: &std::path::Path) -> Result<u64, String> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let store = remote.build(&parsed).map_err(|e| format!("{url}: {e}"))?;
+    let path = Path::from_url_path(parsed.path()).map_err(|e| format!("{url}: {e}"))?;
+    let got = store.get(&path).await.map_err(|e| format!("{url}: {e}"))?;
+    let mut out = tokio::fs::File::create(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut stream = got.into_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("{url}: {e}"))?;
+        out.write_all(&chunk).await.map_err(|e| format!("{}: {e}", file.display()))?;
+        written += chunk.len() as u64;
+    }
+    out.flush().await.map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(written)
+}
+
 fn skipped(key: &str, store: &str) {
     // Environment variables of other clouds and tools are normal; only say so at debug level.
     tracing::debug!(key, store, "option not understood by this store; skipped");

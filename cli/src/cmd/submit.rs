@@ -28,7 +28,9 @@ const QUEUED: usize = 4;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A manifest of EncodeJobs (JSONL or CSV); see `docs/api.md` for the fields.
+    /// A manifest of EncodeJobs (JSONL or CSV): a path, or a URL in an object store
+    /// (s3://, gs://, az://, http(s)://; credentials from AWS_*/GOOGLE_*/AZURE_* variables, an
+    /// S3-compatible endpoint from AWS_ENDPOINT). See `docs/api.md` for the fields.
     #[arg(long, conflicts_with_all = ["asset_guid", "request_id"])]
     manifest: Option<PathBuf>,
     /// Manifest format (default: from the file extension; .csv is CSV, anything else JSONL).
@@ -69,6 +71,26 @@ struct Summary {
     last_task_id: Option<u64>,
 }
 
+/// The manifest as a local file: `given` itself, or a temporary download of a URL (kept alive
+/// by the returned guard).
+async fn local_manifest(given: &std::path::Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
+    let text = given.to_string_lossy();
+    if let Some(rest) = text.strip_prefix("file://") {
+        return Ok((PathBuf::from(rest), None));
+    }
+    if !text.contains("://") {
+        return Ok((given.to_owned(), None));
+    }
+    let suffix = given.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let tmp = tempfile::Builder::new().prefix("kiln-manifest-").suffix(&suffix).tempfile()?.into_temp_path();
+    let mut remote = kiln_worker::Remote::from_options(&kiln_config::WorkerOptions::default());
+    // An http:// URL typed on the command line is the user's explicit choice of plain HTTP.
+    remote.allow_http = text.starts_with("http://");
+    let bytes = kiln_worker::download(&text, &remote, &tmp).await.map_err(|e| anyhow::anyhow!("cannot download the manifest: {e}"))?;
+    tracing::info!(url = %text, bytes, "manifest downloaded");
+    Ok((tmp.to_path_buf(), Some(tmp)))
+}
+
 /// Sends jobs in batches; returns the per-job results in order.
 pub async fn send(client: &mut kiln_proto::Client, jobs: Vec<v1::EncodeJob>) -> anyhow::Result<Vec<v1::SubmitResult>> {
     let req = v1::SubmitRequest { jobs };
@@ -83,10 +105,15 @@ pub async fn send(client: &mut kiln_proto::Client, jobs: Vec<v1::EncodeJob>) -> 
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let mut client = ctx.client()?;
-    let Some(path) = args.manifest.clone() else {
+    let Some(given) = args.manifest.clone() else {
         return submit_one(ctx, &mut client, args).await;
     };
-    let format = args.format.unwrap_or_else(|| Format::detect(&path));
+    let name = given.display().to_string();
+    let format = args.format.unwrap_or_else(|| Format::detect(&given));
+    // A manifest in an object store is downloaded to a temporary file first (streamed, so its
+    // size does not matter), then read twice like a local one.
+    let (path, _download) = local_manifest(&given).await?;
+    let path = path.as_path();
     // Pass 1: validate everything, so a bad line is found before anything is admitted.
     let mut bad: Vec<BadLine> = Vec::new();
     let mut total = 0usize;
@@ -97,19 +124,18 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         }
     })?;
     if total == 0 {
-        anyhow::bail!("{}: the manifest has no jobs", path.display());
+        anyhow::bail!("{name}: the manifest has no jobs");
     }
     if !bad.is_empty() {
         for b in bad.iter().take(20) {
-            eprintln!("{}:{}: {}", path.display(), b.line, b.reason);
+            eprintln!("{name}:{}: {}", b.line, b.reason);
         }
         if bad.len() > 20 {
             eprintln!("… and {} more bad lines", bad.len() - 20);
         }
         if !args.skip_invalid {
             anyhow::bail!(
-                "{}: {} of {} lines are invalid; nothing was submitted (fix them, or pass --skip-invalid to admit the rest)",
-                path.display(),
+                "{name}: {} of {} lines are invalid; nothing was submitted (fix them, or pass --skip-invalid to admit the rest)",
                 bad.len(),
                 total
             );
@@ -125,7 +151,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     };
     let mut summary = Summary { invalid: bad.len(), ..Summary::default() };
     let (batches_tx, batches_rx) = flume::bounded::<Vec<v1::EncodeJob>>(QUEUED);
-    let reader_path = path.clone();
+    let reader_path = path.to_owned();
     let reader = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(BATCH);
         manifest::read(&reader_path, format, |_, job| {
@@ -188,16 +214,15 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
     reader.await.context("the manifest reader stopped")??;
     if let Some(e) = failure {
-        return Err(e.context(format!("submitting {} (some batches may be admitted; re-running is safe)", path.display())));
+        return Err(e.context(format!("submitting {name} (some batches may be admitted; re-running is safe)")));
     }
     bar.finish_and_clear();
     if ctx.output == OutputFormat::Json {
         return output::json(&summary);
     }
     println!(
-        "submitted {} tasks from {} ({} new, {} already known{})",
+        "submitted {} tasks from {name} ({} new, {} already known{})",
         summary.submitted,
-        path.display(),
         summary.created,
         summary.existing,
         if summary.invalid > 0 { format!(", {} invalid lines skipped", summary.invalid) } else { String::new() }
