@@ -283,12 +283,7 @@ fn analyze_writes_csv_with_file_bpm_key_first() {
 #[test]
 fn a_manifest_of_many_batches_is_admitted_concurrently_and_resubmitting_admits_nothing_new() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let grpc = format!("http://127.0.0.1:{grpc_port}");
-    let sargs = scheduler_args(dir.path(), grpc_port, http_port);
-    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
-    let mut scheduler = KilnProcess::start("scheduler", &kiln(), &sargs, &[], dir.path());
-    wait_for("the scheduler to answer", Duration::from_secs(30), || status(&grpc).is_some());
+    let (mut scheduler, grpc) = start_scheduler(dir.path());
     // Six batches (5 × 2000 + 500), sent several at a time.
     let n = 10_500;
     let lines: String = (0..n)
@@ -304,6 +299,17 @@ fn a_manifest_of_many_batches_is_admitted_concurrently_and_resubmitting_admits_n
     let s = status(&grpc).expect("status");
     assert_eq!(s["submitted_total"].as_u64(), Some(n), "{s}");
     scheduler.terminate(Duration::from_secs(10));
+}
+
+/// A one-node scheduler with its data in `dir`, answering; returns it and its gRPC address.
+fn start_scheduler(dir: &Path) -> (KilnProcess, String) {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let grpc = format!("http://127.0.0.1:{grpc_port}");
+    let sargs = scheduler_args(dir, grpc_port, http_port);
+    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
+    let scheduler = KilnProcess::start("scheduler", &kiln(), &sargs, &[], dir);
+    wait_for("the scheduler to answer", Duration::from_secs(30), || status(&grpc).is_some());
+    (scheduler, grpc)
 }
 
 /// Serves `body` at `path` over plain HTTP/1.1 on loopback (404 elsewhere), like a bucket behind
@@ -336,12 +342,7 @@ fn serve_http(path: &'static str, body: String) -> u16 {
 #[test]
 fn a_manifest_at_a_url_is_downloaded_validated_and_admitted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let grpc = format!("http://127.0.0.1:{grpc_port}");
-    let sargs = scheduler_args(dir.path(), grpc_port, http_port);
-    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
-    let mut scheduler = KilnProcess::start("scheduler", &kiln(), &sargs, &[], dir.path());
-    wait_for("the scheduler to answer", Duration::from_secs(30), || status(&grpc).is_some());
+    let (mut scheduler, grpc) = start_scheduler(dir.path());
     let mut csv = String::from("request_id,release_id,asset_id,asset_guid,derivative_assets\n");
     for i in 0..2500 {
         csv.push_str(&format!("url-{i},3,{i},rel-3/{i}.wav,loudness;waveform\n"));
