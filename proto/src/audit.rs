@@ -39,7 +39,7 @@ pub struct AuditReport {
     pub members: Vec<MemberView>,
     /// Every member answered with the same applied index and ledger digest.
     pub replicas_agree: bool,
-    /// Up to ten request ids of each kind of anomaly, for the operator to look at.
+    /// The first anomalies found (at most forty), one line each, for the operator to look at.
     pub examples: Vec<String>,
 }
 
@@ -49,7 +49,7 @@ impl AuditReport {
     }
 }
 
-const EXAMPLES: usize = 10;
+const EXAMPLES: usize = 40;
 
 /// Audits the cluster reachable at `addresses`. `expected`: the request ids the caller submitted,
 /// if it knows them; `settle`: how long the replicas get to agree.
@@ -115,7 +115,7 @@ pub async fn audit(
 }
 
 fn note(examples: &mut Vec<String>, line: impl FnOnce() -> String) {
-    if examples.len() < EXAMPLES * 4 {
+    if examples.len() < EXAMPLES {
         examples.push(line());
     }
 }

@@ -1,4 +1,5 @@
-//! `/metrics` (Prometheus text) and `/healthz` over plain HTTP, for scrapers and probes.
+//! `/metrics` (Prometheus text), `/healthz` (readiness: a leader is known) and `/livez` (liveness)
+//! over plain HTTP, for scrapers and probes.
 //!
 //! Gauges are computed from the ledger at scrape time, so a scrape costs one read of the node and
 //! label values are bounded by the number of states and queues, never by tasks. Latency
@@ -27,7 +28,9 @@ struct Shared {
 }
 
 pub fn router(handle: Handle, hub: Arc<Hub>) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz))
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .with_state(Shared { handle, hub })
 }
