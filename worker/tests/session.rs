@@ -516,6 +516,12 @@ async fn scheduler_and_worker_kpis_move_as_tasks_complete() {
     };
     let worker_http: std::net::SocketAddr = format!("127.0.0.1:{worker_port}").parse().expect("addr");
 
+    // Probes: ready once a leader is known, alive whenever the node answers.
+    let ready = http_get(sched_http, "/healthz").await;
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("leader 1"), "{ready}");
+    let alive = http_get(sched_http, "/livez").await;
+    assert!(alive.starts_with("HTTP/1.1 200") && alive.contains("alive: node 1"), "{alive}");
+
     let before = http_get(sched_http, "/metrics").await;
     assert_eq!(sample(&before, "kiln_tasks_finished_total{state=\"succeeded\"}"), 0.0);
     assert_eq!(sample(&before, "kiln_render_seconds_count{renderer=\"loudness\"}"), 0.0);
