@@ -37,6 +37,10 @@ pub struct WorkerOptions {
     pub drain_grace: Duration,
     /// Masters larger than this are refused (permanent error).
     pub max_master_bytes: u64,
+    /// Bytes of masters held in memory at once (downloading, prefetched or rendering); a task
+    /// waits before its download until its master fits. Unset: half the memory this process may
+    /// use (the cgroup limit in a container).
+    pub master_memory_bytes: Option<u64>,
     /// Masters longer than this are refused (permanent error).
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
@@ -80,6 +84,7 @@ impl Default for WorkerOptions {
             http_listen: None,
             drain_grace: Duration::from_secs(60),
             max_master_bytes: 2 << 30,
+            master_memory_bytes: None,
             max_duration: Duration::from_secs(60 * 60),
             artwork_sizes: vec![1400, 500, 250],
             s3_endpoint: None,

@@ -18,6 +18,7 @@
 //!   unacknowledged reports, heartbeats.
 //! - `leases`: the table of held leases and their phases.
 //! - `task`: one task from lease to report: fetch, render, upload, manifest.
+//! - `budget`: the bytes of masters held in memory at once.
 //! - `slots`: the render threads, one per slot, pinned to cores; the [`Render`] seam.
 //! - `store`: masters and derivatives through `object_store`, and the keys under each.
 //! - `manifest`: `manifest.json` and the ack's `TaskResult`.
@@ -27,6 +28,7 @@
 //!
 //! Shutdown is an argument: `run(shutdown)` serves until the future resolves, then drains.
 
+mod budget;
 mod capacity;
 mod error;
 mod http;

@@ -329,6 +329,15 @@ impl Store {
     }
 
     /// Reads a master whole, refusing one over `max_bytes` before downloading it.
+    /// The master's size, from the store's metadata; refused if it is over `max_bytes`.
+    pub async fn master_size(&self, key: &Key, max_bytes: u64) -> Result<u64, TaskError> {
+        let meta = self.masters.store.head(&key.path).await.map_err(|e| TaskError::from_fetch(&key.uri, e))?;
+        if meta.size > max_bytes {
+            return Err(TaskError::MasterTooLarge { key: key.uri.clone(), size: meta.size, limit: max_bytes });
+        }
+        Ok(meta.size)
+    }
+
     pub async fn fetch(&self, key: &Key, max_bytes: u64) -> Result<Bytes, TaskError> {
         let got = self.masters.store.get(&key.path).await.map_err(|e| TaskError::from_fetch(&key.uri, e))?;
         if got.meta.size > max_bytes {

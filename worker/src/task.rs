@@ -8,20 +8,21 @@
 //! ```
 //!
 //! Every task of a worker runs this as its own async task, so a slow download only holds its own
-//! memory permit: other tasks keep fetching and rendering. The memory budget is
-//! `slots × (1 + prefetch)` masters, so while every slot renders, at most `prefetch` masters per
-//! slot wait fetched. A task the worker cancels before a slot took it simply stops (its future is
+//! memory permit: other tasks keep fetching and rendering. The permit reserves the master's size
+//! in the worker's memory budget (`master_memory_bytes`) before the download starts; the leases
+//! bound the count (`slots × (1 + prefetch)`), the budget bounds the bytes. A task the worker cancels before a slot took it simply stops (its future is
 //! aborted, or its slot skips it); it produces no report.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 use kiln_proto::v1;
 use kiln_types::EncodeJob;
 
+use crate::budget::MemoryBudget;
 use crate::error::TaskError;
 use crate::manifest::{self, Manifest};
 use crate::slots::{Job, Rendered, Stage};
@@ -33,8 +34,8 @@ pub struct Shared {
     pub store: Store,
     /// Into the render threads.
     pub slots: flume::Sender<Job>,
-    /// One permit per master held in memory, from fetch until its slot lets go of the bytes.
-    pub memory: Arc<Semaphore>,
+    /// Bytes of masters held in memory, from fetch until the slot lets go of them.
+    pub memory: MemoryBudget,
     pub metrics: Arc<Metrics>,
     pub worker_id: String,
     pub max_master_bytes: u64,
@@ -104,9 +105,9 @@ impl From<TaskError> for Stop {
 async fn execute(shared: &Shared, task: &Assigned, stage: Arc<Stage>) -> Result<v1::TaskResult, Stop> {
     let job = &task.job;
     let master_key = shared.store.master_key(&job.asset_guid)?;
-    let permit = shared.memory.clone().acquire_owned().await.map_err(|_| TaskError::SlotsClosed)?;
-
     let fetch_started = Instant::now();
+    let size = shared.store.master_size(&master_key, shared.max_master_bytes).await?;
+    let permit = shared.memory.reserve(size).await.map_err(|_| TaskError::SlotsClosed)?;
     let master = shared.store.fetch(&master_key, shared.max_master_bytes).await?;
     let fetch_micros = micros(fetch_started);
     let master_bytes = master.len() as u64;

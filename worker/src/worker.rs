@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use kiln_config::WorkerOptions;
 use kiln_proto::v1;
 
+use crate::budget::MemoryBudget;
 use crate::capacity::{self, Capacity};
 use crate::error::{Error, TaskError};
 use crate::leases::{key_of, lease_ref, LeaseKey, Leases, Revoked};
@@ -98,9 +99,11 @@ impl Worker {
             Some(s) => s,
             None => tokio::task::spawn_blocking(capacity::measure_speed).await.unwrap_or(1.0),
         };
+        let master_memory = opts.master_memory_bytes.unwrap_or_else(|| MemoryBudget::default_bytes(capacity.memory_bytes));
         tracing::info!(
             worker = %id, slots = slots_n, prefetch = opts.prefetch, cores = capacity.cores,
-            memory_mib = capacity.memory_bytes >> 20, speed = format!("{speed:.2}"), "worker starting"
+            memory_mib = capacity.memory_bytes >> 20, master_memory_mib = master_memory >> 20,
+            speed = format!("{speed:.2}"), "worker starting"
         );
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -115,7 +118,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             store,
             slots: slots.sender(),
-            memory: Arc::new(Semaphore::new(target.max(1))),
+            memory: MemoryBudget::new(master_memory),
             metrics: metrics.clone(),
             worker_id: id.clone(),
             max_master_bytes: opts.max_master_bytes,
