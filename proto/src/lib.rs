@@ -13,6 +13,7 @@ pub mod v1 {
 pub mod audit;
 pub mod client;
 mod convert;
+pub mod metrics;
 
 pub use client::{Client, ClientError};
 pub use convert::{job_from_pb, job_to_pb, ConvertError};

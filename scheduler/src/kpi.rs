@@ -12,54 +12,15 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use kiln_types::BUILTIN_RENDERERS;
-
-/// Upper bounds of the buckets, in seconds: from a millisecond (a no-op lease) to ten minutes (a
-/// long master on an old core).
-const BOUNDS: [f64; 15] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0];
-
-/// A Prometheus histogram with fixed buckets: lock-free, one atomic add per bucket crossed.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Cumulative counts per bucket (`le` bound), as Prometheus exposes them.
-    buckets: [AtomicU64; BOUNDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe_micros(&self, micros: u64) {
-        let secs = micros as f64 / 1e6;
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(micros, Relaxed);
-    }
-
-    /// Writes the `_bucket`, `_sum` and `_count` series; `labels` is `` or `key="value",`.
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {}", bucket.load(Relaxed));
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
-        let plain = labels.trim_end_matches(',');
-        let braces = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
-        let _ = writeln!(out, "{name}_sum{} {}", braces(plain), self.sum_micros.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count{} {count}", braces(plain));
-    }
-}
+use kiln_proto::metrics::{Histogram, RendererHistograms};
 
 /// What the sessions observe.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Kpis {
     /// Queue wait before a lease (submission, requeue or release to lease).
     pub lease_wait: Histogram,
     /// Per renderer (built-ins, then `other`): render time reported with each completion.
-    render: Vec<(&'static str, Histogram)>,
+    render: RendererHistograms,
     /// Fetch and upload time per completed task.
     pub fetch: Histogram,
     pub upload: Histogram,
@@ -67,34 +28,15 @@ pub struct Kpis {
     pub uploaded_bytes: AtomicU64,
 }
 
-impl Default for Kpis {
-    fn default() -> Self {
-        let render = BUILTIN_RENDERERS.iter().copied().chain(std::iter::once("other")).map(|r| (r, Histogram::default())).collect();
-        Self {
-            lease_wait: Histogram::default(),
-            render,
-            fetch: Histogram::default(),
-            upload: Histogram::default(),
-            uploaded_bytes: AtomicU64::new(0),
-        }
-    }
-}
-
 impl Kpis {
     /// Records one accepted completion's timings and output sizes.
     pub fn completed(&self, result: &kiln_proto::v1::TaskResult) {
         for t in &result.timings {
-            self.render_histogram(&t.renderer).observe_micros(t.micros);
+            self.render.get(&t.renderer).observe_micros(t.micros);
         }
         self.fetch.observe_micros(result.fetch_micros);
         self.upload.observe_micros(result.upload_micros);
         self.uploaded_bytes.fetch_add(result.outputs.iter().map(|o| o.bytes).sum(), Relaxed);
-    }
-
-    fn render_histogram(&self, renderer: &str) -> &Histogram {
-        let other = self.render.len() - 1;
-        let i = self.render.iter().position(|(r, _)| *r == renderer).unwrap_or(other);
-        &self.render[i].1
     }
 
     /// The Prometheus text of every series here.
@@ -105,9 +47,7 @@ impl Kpis {
         family(out, "kiln_lease_wait_seconds", "histogram", "Time a task waited in its queue before a worker leased it.");
         self.lease_wait.write(out, "kiln_lease_wait_seconds", "");
         family(out, "kiln_render_seconds", "histogram", "Render time per renderer, as reported with each accepted completion.");
-        for (renderer, h) in &self.render {
-            h.write(out, "kiln_render_seconds", &format!("renderer=\"{renderer}\","));
-        }
+        self.render.write(out, "kiln_render_seconds");
         family(out, "kiln_fetch_seconds", "histogram", "Time to fetch the master, per accepted completion.");
         self.fetch.write(out, "kiln_fetch_seconds", "");
         family(out, "kiln_upload_seconds", "histogram", "Time to upload outputs and manifest, per accepted completion.");

@@ -1,20 +1,14 @@
-//! The worker's counters and gauges, and their Prometheus text form.
+//! The worker's counters, gauges and histograms, and their Prometheus text form.
 //!
 //! Plain atomics updated where things happen (slot threads, tasks, the session) and read at scrape
-//! time; no registry, no per-task labels. The only label is the renderer name, a set fixed by the
-//! build, and the failure class.
+//! time; no registry, no per-task labels. The only labels are the renderer name (the built-ins
+//! plus `other`) and the failure class.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::Duration;
 
-#[derive(Debug, Default, Clone, Copy)]
-struct RenderStat {
-    count: u64,
-    micros: u64,
-}
+use kiln_proto::metrics::{Histogram, RendererHistograms};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -36,8 +30,11 @@ pub struct Metrics {
     sessions_opened: AtomicU64,
     connected: AtomicBool,
     draining: AtomicBool,
-    /// Per renderer: runs and time spent. Keys are renderer names the build knows.
-    render: Mutex<BTreeMap<String, RenderStat>>,
+    /// Per renderer: how long each run took.
+    render: RendererHistograms,
+    /// Per task: reading the master, and writing its derivatives and manifest.
+    fetch: Histogram,
+    upload: Histogram,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -75,6 +72,7 @@ impl Metrics {
     pub fn fetched(&self, bytes: usize, micros: u64) {
         self.bytes_fetched.fetch_add(bytes as u64, Relaxed);
         self.fetch_micros.fetch_add(micros, Relaxed);
+        self.fetch.observe_micros(micros);
     }
 
     pub fn uploaded(&self, bytes: usize) {
@@ -83,13 +81,11 @@ impl Metrics {
 
     pub fn upload_time(&self, micros: u64) {
         self.upload_micros.fetch_add(micros, Relaxed);
+        self.upload.observe_micros(micros);
     }
 
     pub fn rendered(&self, renderer: &str, micros: u64) {
-        let mut map = self.render.lock().unwrap_or_else(|p| p.into_inner());
-        let stat = map.entry(renderer.to_owned()).or_default();
-        stat.count += 1;
-        stat.micros += micros;
+        self.render.get(renderer).observe_micros(micros);
     }
 
     pub fn completed(&self) {
@@ -159,13 +155,29 @@ impl Metrics {
         family("kiln_worker_sessions_opened_total", "counter", "Sessions opened with a scheduler.", &[("", g(&self.sessions_opened))]);
         family("kiln_worker_connected", "gauge", "1 while a session is open.", &[("", f64::from(u8::from(self.connected.load(Relaxed))))]);
         family("kiln_worker_draining", "gauge", "1 once the worker drains.", &[("", f64::from(u8::from(self.draining.load(Relaxed))))]);
-        let stats: Vec<(String, RenderStat)> =
-            self.render.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let labels: Vec<String> = stats.iter().map(|(r, _)| format!("{{renderer=\"{r}\"}}")).collect();
-        let runs: Vec<(&str, f64)> = labels.iter().zip(&stats).map(|(l, (_, s))| (l.as_str(), s.count as f64)).collect();
-        let time: Vec<(&str, f64)> = labels.iter().zip(&stats).map(|(l, (_, s))| (l.as_str(), s.micros as f64 / 1e6)).collect();
+        let ran: Vec<(String, f64, f64)> = self
+            .render
+            .iter()
+            .filter(|(_, h)| h.count() > 0)
+            .map(|(r, h)| (format!("{{renderer=\"{r}\"}}"), h.count() as f64, h.sum_secs()))
+            .collect();
+        let runs: Vec<(&str, f64)> = ran.iter().map(|(l, n, _)| (l.as_str(), *n)).collect();
+        let time: Vec<(&str, f64)> = ran.iter().map(|(l, _, t)| (l.as_str(), *t)).collect();
         family("kiln_worker_renders_total", "counter", "Renderer runs, by renderer.", &runs);
         family("kiln_worker_render_seconds_total", "counter", "Time spent per renderer.", &time);
+        let mut histogram = |name: &str, help: &str, write: &dyn Fn(&mut String)| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            write(&mut out);
+        };
+        histogram("kiln_worker_render_duration_seconds", "Time of each renderer run, by renderer.", &|o| {
+            self.render.write(o, "kiln_worker_render_duration_seconds")
+        });
+        histogram("kiln_worker_fetch_duration_seconds", "Time to read one task's master.", &|o| {
+            self.fetch.write(o, "kiln_worker_fetch_duration_seconds", "")
+        });
+        histogram("kiln_worker_upload_duration_seconds", "Time to write one task's derivatives and manifest.", &|o| {
+            self.upload.write(o, "kiln_worker_upload_duration_seconds", "")
+        });
         out
     }
 }
@@ -192,6 +204,14 @@ mod tests {
             "kiln_worker_renders_total{renderer=\"loudness\"} 2",
             "kiln_worker_render_seconds_total{renderer=\"loudness\"} 2",
             "# TYPE kiln_worker_busy_slots gauge",
+            "# TYPE kiln_worker_render_duration_seconds histogram",
+            "kiln_worker_render_duration_seconds_bucket{renderer=\"loudness\",le=\"0.5\"} 1",
+            "kiln_worker_render_duration_seconds_bucket{renderer=\"loudness\",le=\"2.5\"} 2",
+            "kiln_worker_render_duration_seconds_count{renderer=\"loudness\"} 2",
+            "kiln_worker_render_duration_seconds_count{renderer=\"bpm\"} 0",
+            "kiln_worker_fetch_duration_seconds_bucket{le=\"2.5\"} 1",
+            "kiln_worker_fetch_duration_seconds_bucket{le=\"1\"} 0",
+            "kiln_worker_upload_duration_seconds_count 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
