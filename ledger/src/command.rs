@@ -63,6 +63,11 @@ pub enum Command {
     PurgeDeadLetters { filter: DeadLetterFilter },
     /// Drop terminal tasks older than the GC TTL, keeping their counts.
     CollectGarbage,
+    /// The tail of a batch: lease a backup copy of these tasks, which slower workers are still
+    /// rendering, to the idle `thief`. Chosen by [`crate::Ledger::backup_plan`] and re-checked like
+    /// a `Steal`; the previous holder keeps rendering (it is not told), and whichever completion
+    /// comes first counts. A task is copied at most once, and never stolen after that.
+    Backup { thief: WorkerId, tasks: Vec<(TaskId, u32)> },
 }
 
 /// Why a command was refused. Deterministic: every replica refuses the same command the same way.

@@ -280,6 +280,14 @@ struct SnapshotRef<'a> {
 
 /// Deterministic jitter in [0, 1): a hash of the task and attempt, never a thread RNG, so every
 /// replica computes the same backoff.
+/// What a steal takes: a task its holder has not started (the holder drops it), or a backup copy
+/// of one it is rendering (the holder carries on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taking {
+    Unstarted,
+    BackupCopy,
+}
+
 fn jitter(task: TaskId, attempt: u32) -> f64 {
     let mut x = task.0 ^ (u64::from(attempt) << 48) ^ 0x9E37_79B9_7F4A_7C15;
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -307,7 +315,8 @@ impl Ledger {
             Command::DisconnectWorker { worker } => self.with_worker(&worker, now, |w| w.connected = false),
             Command::DrainWorker { worker } => self.with_worker(&worker, now, |w| w.draining = true),
             Command::Lease { worker, max } => self.lease(&worker, max, now),
-            Command::Steal { thief, tasks } => self.steal(&thief, &tasks, now, &mut effects),
+            Command::Steal { thief, tasks } => self.steal(&thief, &tasks, Taking::Unstarted, now, &mut effects),
+            Command::Backup { thief, tasks } => self.steal(&thief, &tasks, Taking::BackupCopy, now, &mut effects),
             Command::Renew { worker } => Ok(self.renew(&worker, now)),
             Command::Complete { task, lease_seq, worker, result } => Ok(self.complete(task, lease_seq, &worker, result, now, &mut effects)),
             Command::Fail { task, lease_seq, worker, error, permanent } => {
@@ -577,7 +586,7 @@ impl Ledger {
         Ok(Outcome::Leased(leases))
     }
 
-    fn steal(&mut self, thief: &WorkerId, tasks: &[(TaskId, u32)], now: Millis, effects: &mut Vec<Effect>) -> Result<Outcome, Rejection> {
+    fn steal(&mut self, thief: &WorkerId, tasks: &[(TaskId, u32)], taking: Taking, now: Millis, effects: &mut Vec<Effect>) -> Result<Outcome, Rejection> {
         let record = self.workers.get(thief).ok_or_else(|| Rejection::UnknownWorker(thief.clone()))?;
         if !record.connected || record.draining {
             return Ok(Outcome::Leased(Vec::new()));
@@ -607,9 +616,17 @@ impl Ledger {
                 Lease { task: t.id, lease_seq: t.lease_seq, attempt: t.attempts + 1, job: t.job.clone(), waited_ms: 0 }
             });
             let Some(lease) = lease else { continue };
-            let detail = format!("from {victim} (lease {seq}, not started there); lease {} until {deadline}", lease.lease_seq);
+            let detail = match taking {
+                Taking::Unstarted => format!("from {victim} (lease {seq}, not started there); lease {} until {deadline}", lease.lease_seq),
+                Taking::BackupCopy => format!(
+                    "backup copy: {victim} is still rendering it (lease {seq}), the first completion counts; lease {} until {deadline}",
+                    lease.lease_seq
+                ),
+            };
             self.record(*id, now, EventKind::Stolen, Some(thief.clone()), detail);
-            effects.push(Effect::Revoke { worker: victim.clone(), task: *id, lease_seq: *seq, reason: format!("stolen by idle worker {thief}") });
+            if taking == Taking::Unstarted {
+                effects.push(Effect::Revoke { worker: victim.clone(), task: *id, lease_seq: *seq, reason: format!("stolen by idle worker {thief}") });
+            }
             if let Some(v) = self.workers.get_mut(&victim) {
                 v.stolen_from += 1;
             }
@@ -987,6 +1004,52 @@ impl Ledger {
             }
         }
         plan
+    }
+
+    /// Which tasks an idle `thief` should render a backup copy of, at most `max`, once nothing is
+    /// ready and nothing unstarted is left to steal: tasks that workers at most half as fast have
+    /// been rendering for at least `min_age_ms` (`started_at` answers from their heartbeats; `None`
+    /// for a task not known to have started). Render times are heavy-tailed, so a task that has
+    /// run long is likely to run long still — for a Pareto tail of shape 1.5, twice as long again
+    /// — while a fresh start on the thief takes its whole length divided by the thief's speed. The
+    /// tasks where the copy is expected to save the most time come first: elapsed × (2·thief speed
+    /// − 3·holder speed). Tasks copied or stolen before are left alone.
+    ///
+    /// Pure and deterministic, like [`Self::steal_plan`].
+    pub fn backup_plan(
+        &self,
+        thief: &WorkerId,
+        max: u32,
+        now: Millis,
+        min_age_ms: i64,
+        started_at: &dyn Fn(TaskId, u32) -> Option<Millis>,
+    ) -> Vec<(TaskId, u32)> {
+        let Some(me) = self.workers.get(thief) else { return Vec::new() };
+        if !me.connected || me.draining || max == 0 {
+            return Vec::new();
+        }
+        let speed = |w: &WorkerRecord| i128::from(if w.spec.speed_milli == 0 { 1000 } else { w.spec.speed_milli });
+        let my_speed = speed(me);
+        let mut candidates: Vec<(std::cmp::Reverse<i128>, TaskId, u32)> = Vec::new();
+        for (id, record) in &self.workers {
+            let holder_speed = speed(record);
+            if id == thief || holder_speed * 2 > my_speed {
+                continue;
+            }
+            let Some(held) = self.ix.by_worker.get(id) else { continue };
+            for t in held.iter().filter_map(|t| self.tasks.get(t)) {
+                if t.stolen_from.is_some() || !me.spec.queues.contains(&t.job.queue) {
+                    continue;
+                }
+                let Some(elapsed) = started_at(t.id, t.lease_seq).map(|at| now.saturating_sub(at)) else { continue };
+                if elapsed >= min_age_ms {
+                    let saving = i128::from(elapsed) * (2 * my_speed - 3 * holder_speed);
+                    candidates.push((std::cmp::Reverse(saving), t.id, t.lease_seq));
+                }
+            }
+        }
+        candidates.sort_unstable();
+        candidates.into_iter().take(max as usize).map(|(_, id, seq)| (id, seq)).collect()
     }
 
     pub fn steals_total(&self) -> u64 {

@@ -422,6 +422,76 @@ fn an_idle_worker_steals_only_unstarted_tasks_and_the_victim_is_told() {
     assert!(again.is_empty() && effects.is_empty(), "the ledger re-checks an explicit steal");
 }
 
+fn backup(l: &mut Ledger, thief: &str, tasks: Vec<(TaskId, u32)>, now: i64) -> (Vec<Lease>, Vec<Effect>) {
+    match apply(l, Command::Backup { thief: wid(thief), tasks }, now) {
+        (Ok(Outcome::Leased(v)), effects) => (v, effects),
+        other => panic!("backup: {other:?}"),
+    }
+}
+
+/// A slow worker rendering two tasks, one since t=2 and one since t=600, and idle workers of
+/// 1.5× and 4× its speed.
+fn slow_renders_two() -> (Ledger, Vec<Lease>) {
+    let mut l = Ledger::new(config());
+    ok(&mut l, Command::RegisterWorker { spec: spec_with("slow", 2, 1000) }, 0);
+    submit(&mut l, (0..2).map(job).collect(), 1);
+    let mut held = lease(&mut l, "slow", 1, 2);
+    held.extend(lease(&mut l, "slow", 1, 600));
+    ok(&mut l, Command::RegisterWorker { spec: spec_with("mid", 2, 1500) }, 3);
+    ok(&mut l, Command::RegisterWorker { spec: spec_with("fast", 2, 4000) }, 3);
+    (l, held)
+}
+
+#[test]
+fn a_worker_twice_as_fast_backs_up_the_longest_running_task_and_the_holder_keeps_it() {
+    let (mut l, held) = slow_renders_two();
+    // Both started when leased.
+    let started = |t: TaskId, _: u32| Some(if t == held[0].task { 2 } else { 600 });
+    // Longest-running first, and only once a task has run for the minimum age.
+    assert_eq!(l.backup_plan(&wid("fast"), 2, 1_500, 1_000, &started), vec![(held[0].task, held[0].lease_seq)]);
+    let plan = l.backup_plan(&wid("fast"), 2, 3_000, 1_000, &started);
+    assert_eq!(plan, vec![(held[0].task, held[0].lease_seq), (held[1].task, held[1].lease_seq)]);
+    // Age counts from the start of the render, not from the lease (a prefetched task waits).
+    let late_start = |t: TaskId, _: u32| Some(if t == held[0].task { 2_500 } else { 600 });
+    assert_eq!(l.backup_plan(&wid("fast"), 2, 3_000, 1_000, &late_start), vec![(held[1].task, held[1].lease_seq)]);
+    assert!(l.backup_plan(&wid("mid"), 2, 3_000, 1_000, &started).is_empty(), "1.5× is not fast enough to gain");
+    assert!(l.backup_plan(&wid("fast"), 2, 3_000, 1_000, &|_, _| None).is_empty(), "unstarted tasks are stolen, not copied");
+
+    let (copies, effects) = backup(&mut l, "fast", plan[..1].to_vec(), 3_000);
+    assert_eq!(copies.len(), 1);
+    assert!(effects.is_empty(), "the holder is not told to drop a task it is rendering");
+    let t = l.task(held[0].task).expect("task");
+    assert_eq!((t.state, t.worker.clone(), t.attempts), (TaskState::Leased, Some(wid("fast")), 0));
+    assert!(t.history.last().is_some_and(|e| e.kind == EventKind::Stolen && e.detail.starts_with("backup copy")));
+    // Copied at most once, and never stolen afterwards.
+    assert!(!l.backup_plan(&wid("fast"), 2, 9_000, 1_000, &started).contains(&plan[0]));
+    assert!(l.steal_plan(&wid("slow"), 2, &|_, _| false).is_empty());
+
+    // The copy wins: the slow holder's late completion changes nothing.
+    assert!(complete(&mut l, &copies[0], "fast", 4_000));
+    assert!(!complete(&mut l, &held[0], "slow", 9_000));
+    let t = l.task(held[0].task).expect("task");
+    assert_eq!((t.state, t.worker.clone()), (TaskState::Succeeded, Some(wid("fast"))));
+    assert_eq!(l.totals().succeeded, 1);
+    l.check_invariants().expect("invariants");
+}
+
+#[test]
+fn when_the_slow_holder_finishes_first_its_completion_counts_and_the_copy_is_revoked() {
+    let (mut l, held) = slow_renders_two();
+    let (copies, _) = backup(&mut l, "fast", vec![(held[1].task, held[1].lease_seq)], 3_000);
+    let (accepted, effects) = match apply(&mut l, Command::Complete { task: held[1].task, lease_seq: held[1].lease_seq, worker: wid("slow"), result: result() }, 3_100) {
+        (Ok(Outcome::Reported { accepted }), effects) => (accepted, effects),
+        other => panic!("complete: {other:?}"),
+    };
+    assert!(accepted);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Revoke { worker, task, .. } if *worker == wid("fast") && *task == held[1].task)));
+    assert!(!complete(&mut l, &copies[0], "fast", 3_200), "the copy's completion is stale");
+    assert_eq!(l.task(held[1].task).map(|t| (t.state, t.worker.clone())), Some((TaskState::Succeeded, Some(wid("slow")))));
+    assert_eq!(l.totals().succeeded, 1);
+    l.check_invariants().expect("invariants");
+}
+
 #[test]
 fn the_deepest_buffer_is_robbed_first_and_much_faster_workers_are_left_alone() {
     let mut l = Ledger::new(config());
@@ -526,6 +596,8 @@ enum Step {
     Lease(usize, u32),
     /// An idle worker steals up to n tasks; tasks whose id is a multiple of 3 count as started.
     Steal(usize, u32),
+    /// An idle worker takes backup copies of up to n started tasks (same rule for "started").
+    Backup(usize, u32),
     Renew(usize),
     /// Report on the n-th lease ever granted (possibly stale).
     Complete(usize),
@@ -549,6 +621,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..3).prop_map(Step::Drain),
         4 => ((0usize..3), (0u32..4)).prop_map(|(w, n)| Step::Lease(w, n)),
         2 => ((0usize..3), (0u32..4)).prop_map(|(w, n)| Step::Steal(w, n)),
+        2 => ((0usize..3), (0u32..4)).prop_map(|(w, n)| Step::Backup(w, n)),
         1 => (0usize..3).prop_map(Step::Renew),
         4 => (0usize..64).prop_map(Step::Complete),
         2 => ((0usize..64), any::<bool>()).prop_map(|(n, p)| Step::Fail(n, p)),
@@ -579,13 +652,18 @@ proptest! {
             let cmd = match s {
                 Step::Clock(d) => { now = (now + d).max(0); continue; }
                 Step::Submit(ns) => Command::Submit { jobs: ns.into_iter().map(job).collect() },
-                Step::Register(w) => Command::RegisterWorker { spec: spec(WORKERS[w], &["default"]) },
+                // Speeds 1×, 2×, 4×: every pair can steal or copy one way or the other.
+                Step::Register(w) => Command::RegisterWorker { spec: spec_with(WORKERS[w], 2, 1000 << w) },
                 Step::Disconnect(w) => Command::DisconnectWorker { worker: wid(WORKERS[w]) },
                 Step::Drain(w) => Command::DrainWorker { worker: wid(WORKERS[w]) },
                 Step::Lease(w, n) => Command::Lease { worker: wid(WORKERS[w]), max: n },
                 Step::Steal(w, n) => {
                     let tasks = l.steal_plan(&wid(WORKERS[w]), n, &|t, _| t.0 % 3 == 0);
                     Command::Steal { thief: wid(WORKERS[w]), tasks }
+                }
+                Step::Backup(w, n) => {
+                    let tasks = l.backup_plan(&wid(WORKERS[w]), n, now, 0, &|t, _| (t.0 % 3 == 0).then_some(0));
+                    Command::Backup { thief: wid(WORKERS[w]), tasks }
                 }
                 Step::Renew(w) => Command::Renew { worker: wid(WORKERS[w]) },
                 Step::Complete(i) | Step::Fail(i, _) | Step::Release(i) if granted.is_empty() => { let _ = i; continue; }
@@ -615,6 +693,7 @@ proptest! {
             };
             let lease_worker = match &cmd { Command::Lease { worker, .. } => WORKERS.iter().position(|w| *w == worker.as_str()), _ => None };
             let thief = match &cmd { Command::Steal { thief, .. } => WORKERS.iter().position(|w| *w == thief.as_str()), _ => None };
+            let copier = match &cmd { Command::Backup { thief, .. } => WORKERS.iter().position(|w| *w == thief.as_str()), _ => None };
             let applied = l.apply(cmd, now);
             if let Err(e) = l.check_invariants() {
                 prop_assert!(false, "invariant broken: {}", e);
@@ -635,6 +714,19 @@ proptest! {
                     prop_assert!(was.stolen_from.is_none(), "task {} stolen twice", lease.task);
                     prop_assert!(was.worker.as_ref().is_some_and(|v| v.as_str() != WORKERS[w]));
                     prop_assert!(lease.task.0 % 3 != 0, "a started task was stolen");
+                    granted.push((lease.clone(), w));
+                }
+            }
+            if let (Ok(Outcome::Leased(leases)), Some(w)) = (&applied.outcome, copier) {
+                prop_assert!(applied.effects.is_empty(), "a backup copy revokes nothing");
+                for lease in leases {
+                    // Only a started task held by a worker at most half as fast, copied once.
+                    let was = before.task(lease.task).expect("copied task existed");
+                    prop_assert_eq!(was.state, TaskState::Leased);
+                    prop_assert!(was.stolen_from.is_none(), "task {} copied twice", lease.task);
+                    let holder = was.worker.as_ref().and_then(|v| WORKERS.iter().position(|x| *x == v.as_str()));
+                    prop_assert!(holder.is_some_and(|h| h < w), "copied from a worker not slower than the copier");
+                    prop_assert!(lease.task.0 % 3 == 0, "an unstarted task was copied");
                     granted.push((lease.clone(), w));
                 }
             }

@@ -133,6 +133,7 @@ async fn worker(address: String, id: String, speed: f64, o: Options, durations: 
             },
             Some(lease) = done_rx.recv() => {
                 running.remove(&(lease.task_id, lease.lease_seq));
+                tracing::debug!(worker = %id, task = lease.task_id, seq = lease.lease_seq, "render done");
                 let done = v1::Completed { lease: Some(lease), result: Some(v1::TaskResult::default()) };
                 tx.send(up(Up::Completed(done))).await?;
             }
@@ -147,6 +148,7 @@ async fn worker(address: String, id: String, speed: f64, o: Options, durations: 
         while running.len() < o.slots as usize {
             let Some((lease, ms)) = waiting.pop_front() else { break };
             running.insert((lease.task_id, lease.lease_seq));
+            tracing::debug!(worker = %id, task = lease.task_id, seq = lease.lease_seq, secs = ms / 1000.0, "render starts");
             let done = done_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;

@@ -150,7 +150,7 @@ async fn simulated_worker(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("warn")).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))).with_writer(std::io::stderr).init();
     let args = Args::parse();
     if args.cluster.wanted() {
         let load = chaos::Load {

@@ -12,7 +12,11 @@
 //! heartbeat listed as `unstarted` (a lease not listed counts as started, so a worker that has
 //! not heartbeated yet is never robbed). It proposes `Steal`, assigns the tasks to the thief, and
 //! the ledger's `Revoke` effects tell each victim to drop its copy. A victim that had started
-//! meanwhile finishes anyway; the ledger counts the first completion. Completions, failures and releases come
+//! meanwhile finishes anyway; the ledger counts the first completion. Once nothing unstarted is
+//! left, an idle worker at least twice as fast as a busy one renders a backup copy of the task
+//! that has been running longest there ([`kiln_ledger::Ledger::backup_plan`]): with heavy-tailed
+//! render times, that copy is what keeps one long task on an old server from setting the
+//! makespan of a whole batch. Each task is copied at most once; the first completion counts. Completions, failures and releases come
 //! up the same stream and become ledger commands; each is acknowledged once it is durable, so a
 //! worker can forget it. Heartbeats stay in memory: a lease is renewed in the ledger (a Raft write)
 //! only when a third of its TTL has passed since the last renewal.
@@ -43,18 +47,27 @@ use crate::status::from_propose;
 
 type Outbound = mpsc::Sender<Result<v1::SchedulerMessage, Status>>;
 
+/// How long a message to a worker may wait for room on its stream before it counts as undelivered.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct Session {
     /// Distinguishes this connection from a later reconnect of the same worker, so the old
     /// stream's cleanup never removes the new one.
     conn: u64,
     /// The worker's half of the bidirectional stream: assignments, revocations, acks.
     tx: Outbound,
+    /// As registered, to register again if the ledger ever says this live session's worker is
+    /// disconnected (the close of an older stream can commit after this one's registration).
+    spec: WorkerSpec,
     want: u32,
     draining: bool,
     last_renewal: Instant,
     /// From the latest heartbeat: slots rendering now, and the leases not started yet.
     busy_slots: u32,
     unstarted: BTreeSet<(u64, u32)>,
+    /// Leases a heartbeat listed as held and started, with the time (ms) of the first such
+    /// heartbeat: how long a render has run, for backup copies.
+    started_at: HashMap<(u64, u32), i64>,
 }
 
 /// What the leader knows of a connected worker beyond the ledger: its latest heartbeat.
@@ -123,7 +136,8 @@ impl Hub {
                             leases: vec![v1::LeaseRef { task_id: task.0, lease_seq }],
                             reason,
                         });
-                        let _ = tx.send(Ok(v1::SchedulerMessage { msg: Some(msg) })).await;
+                        // Bounded: a worker that stopped reading must not stall every other one.
+                        let _ = tx.send_timeout(Ok(v1::SchedulerMessage { msg: Some(msg) }), SEND_TIMEOUT).await;
                     }
                 }
                 NodeEvent::LostLeadership => {
@@ -137,7 +151,8 @@ impl Hub {
                     });
                     let drained: Vec<Session> = self.sessions().drain().map(|(_, s)| s).collect();
                     for s in drained {
-                        let _ = s.tx.send(Err(err.clone())).await;
+                        // A full stream ends anyway once its sender is dropped here.
+                        let _ = s.tx.try_send(Err(err.clone()));
                     }
                 }
             }
@@ -162,40 +177,75 @@ impl Hub {
                 continue;
             }
             let now = now_ms();
-            let unstarted: BTreeSet<(u64, u32)> =
-                if self.steal { self.sessions().values().flat_map(|s| s.unstarted.iter().copied()).collect() } else { BTreeSet::new() };
+            let (unstarted, started_at): (BTreeSet<(u64, u32)>, HashMap<(u64, u32), i64>) = if self.steal {
+                let sessions = self.sessions();
+                (
+                    sessions.values().flat_map(|s| s.unstarted.iter().copied()).collect(),
+                    sessions.values().flat_map(|s| s.started_at.iter().map(|(k, v)| (*k, *v))).collect(),
+                )
+            } else {
+                Default::default()
+            };
             let steal = self.steal;
-            let Ok(Some((ready, steals))) = self
+            let min_age_ms = backup_min_age(self.heartbeat_interval);
+            let Ok(Some((ready, steals, unregistered))) = self
                 .handle
                 .read(move |l, node| {
                     node.is_leader.then(|| {
+                        let unregistered: Vec<WorkerId> =
+                            wanting.iter().filter(|(w, _)| l.worker(w).is_none_or(|r| !r.connected)).map(|(w, _)| w.clone()).collect();
                         let (ready, idle): (Vec<_>, Vec<_>) = wanting.into_iter().partition(|(w, _)| l.has_ready_for(w, now));
-                        let steals = if steal { plan_steals(l, idle, &unstarted) } else { Vec::new() };
-                        (ready, steals)
+                        let steals = if steal { plan_steals(l, idle, &unstarted, &started_at, now, min_age_ms) } else { Vec::new() };
+                        (ready, steals, unregistered)
                     })
                 })
                 .await
             else {
                 continue;
             };
+            for worker in unregistered {
+                self.register_again(&worker).await;
+            }
             // Concurrent proposals share one Raft entry.
             let leases = ready.into_iter().map(|(worker, want)| {
                 let hub = self.clone();
                 async move { hub.lease_to(worker, want).await }
             });
-            let stolen = steals.into_iter().map(|(thief, tasks)| {
+            let stolen = steals.into_iter().map(|plan| {
                 let hub = self.clone();
-                async move { hub.steal_to(thief, tasks).await }
+                async move { hub.steal_to(plan).await }
             });
             futures::future::join(futures::future::join_all(leases), futures::future::join_all(stolen)).await;
         }
     }
 
-    async fn steal_to(&self, thief: WorkerId, tasks: Vec<(TaskId, u32)>) {
-        match self.handle.propose(Command::Steal { thief: thief.clone(), tasks }).await {
+    /// A live session whose worker the ledger counts as disconnected would never be leased to:
+    /// register it again.
+    async fn register_again(&self, worker: &WorkerId) {
+        let Some(spec) = self.sessions().get(worker).map(|s| s.spec.clone()) else { return };
+        tracing::warn!(%worker, "the ledger had this connected worker as disconnected; registering it again");
+        if let Err(e) = self.handle.propose(Command::RegisterWorker { spec }).await {
+            tracing::debug!(%worker, error = %e, "registration not proposed");
+        }
+        self.wake.notify_one();
+    }
+
+    async fn steal_to(&self, plan: StealPlan) {
+        let thief = plan.thief.clone();
+        let backup = !plan.backups.is_empty();
+        let cmd = if backup {
+            Command::Backup { thief: plan.thief, tasks: plan.backups }
+        } else {
+            Command::Steal { thief: plan.thief, tasks: plan.unstarted }
+        };
+        match self.handle.propose(cmd).await {
             Ok(Ok(Outcome::Leased(leases))) => {
                 if !leases.is_empty() {
-                    tracing::info!(%thief, count = leases.len(), "stole unstarted tasks for an idle worker");
+                    if backup {
+                        tracing::info!(%thief, count = leases.len(), "leased backup copies of long-running tasks to an idle, faster worker");
+                    } else {
+                        tracing::info!(%thief, count = leases.len(), "stole unstarted tasks for an idle worker");
+                    }
                     self.deliver(thief, leases).await;
                 }
             }
@@ -245,8 +295,10 @@ impl Hub {
                 })
                 .collect(),
         };
+        // Bounded, because the dispatcher waits for every delivery of a round: one worker that
+        // stopped reading its stream must not stop the leasing to all the others.
         let delivered = match tx {
-            Some(tx) => tx.send(Ok(v1::SchedulerMessage { msg: Some(Down::Assign(assign)) })).await.is_ok(),
+            Some(tx) => tx.send_timeout(Ok(v1::SchedulerMessage { msg: Some(Down::Assign(assign)) }), SEND_TIMEOUT).await.is_ok(),
             None => false,
         };
         if !delivered {
@@ -258,13 +310,19 @@ impl Hub {
         }
     }
 
-    fn on_heartbeat(self: &Arc<Self>, worker: &WorkerId, hb: v1::Heartbeat) {
+    fn on_heartbeat(self: &Arc<Self>, worker: &WorkerId, hb: &v1::Heartbeat) {
         let renew = {
             let mut sessions = self.sessions();
             match sessions.get_mut(worker) {
                 Some(s) => {
                     s.busy_slots = hb.busy_slots;
                     s.unstarted = hb.unstarted.iter().map(|l| (l.task_id, l.lease_seq)).collect();
+                    let held: BTreeSet<(u64, u32)> = hb.held.iter().map(|l| (l.task_id, l.lease_seq)).collect();
+                    s.started_at.retain(|lease, _| held.contains(lease));
+                    let now = now_ms();
+                    for lease in held.difference(&s.unstarted) {
+                        s.started_at.entry(*lease).or_insert(now);
+                    }
                     if s.last_renewal.elapsed() >= self.lease_ttl / 3 {
                         s.last_renewal = Instant::now();
                         true
@@ -295,14 +353,8 @@ impl Hub {
             msg: Some(Down::Ack(v1::Ack { lease, accepted })),
         };
         match msg {
-            Up::Hello(_) => {}
-            Up::Heartbeat(hb) => self.on_heartbeat(&worker, hb),
-            Up::Want(want) => {
-                if let Some(s) = self.sessions().get_mut(&worker) {
-                    s.want = want.count;
-                }
-                self.wake.notify_one();
-            }
+            // Taken in stream order by `on_session_state`.
+            Up::Hello(_) | Up::Heartbeat(_) | Up::Want(_) => {}
             Up::Completed(c) => {
                 let Some(lease) = c.lease else { return };
                 let reported = c.result.clone().unwrap_or_default();
@@ -345,20 +397,59 @@ impl Hub {
                 }
             }
             Up::Drain(_) => {
-                if let Some(s) = self.sessions().get_mut(&worker) {
-                    s.draining = true;
-                    s.want = 0;
-                }
                 let _ = self.handle.propose(Command::DrainWorker { worker }).await;
             }
         }
     }
+
+    /// The part of a worker's message that changes its session here, not the ledger.
+    fn on_session_state(self: &Arc<Self>, worker: &WorkerId, msg: &Up) {
+        match msg {
+            Up::Heartbeat(hb) => self.on_heartbeat(worker, hb),
+            Up::Want(want) => {
+                if let Some(s) = self.sessions().get_mut(worker) {
+                    s.want = want.count;
+                }
+                self.wake.notify_one();
+            }
+            Up::Drain(_) => {
+                if let Some(s) = self.sessions().get_mut(worker) {
+                    s.draining = true;
+                    s.want = 0;
+                }
+            }
+            Up::Hello(_) | Up::Completed(_) | Up::Failed(_) | Up::Released(_) => {}
+        }
+    }
+}
+
+/// What one idle worker takes in a round: unstarted tasks to steal, or, when none are left,
+/// backup copies of long-running ones.
+#[derive(Debug)]
+struct StealPlan {
+    thief: WorkerId,
+    unstarted: Vec<(TaskId, u32)>,
+    backups: Vec<(TaskId, u32)>,
+}
+
+/// A task must have been rendering this long (since the first heartbeat that listed it as started)
+/// before a faster worker starts a backup copy: two heartbeats, so that the copier, idle anyway,
+/// starts early in the tail, but a task that is just finishing is left be.
+fn backup_min_age(heartbeat_interval: Duration) -> i64 {
+    i64::try_from((heartbeat_interval * 2).as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Steal plans for wanting workers with nothing ready in their queues: each with a free slot
-/// (fewer leases than slots) may take up to that many unstarted tasks. Plans of one round never
-/// share a task.
-fn plan_steals(l: &kiln_ledger::Ledger, idle: Vec<(WorkerId, u32)>, unstarted: &BTreeSet<(u64, u32)>) -> Vec<(WorkerId, Vec<(TaskId, u32)>)> {
+/// (fewer leases than slots) may take up to that many unstarted tasks, or, if there are none,
+/// that many backup copies. Plans of one round never share a task.
+fn plan_steals(
+    l: &kiln_ledger::Ledger,
+    idle: Vec<(WorkerId, u32)>,
+    unstarted: &BTreeSet<(u64, u32)>,
+    started_at: &HashMap<(u64, u32), i64>,
+    now: i64,
+    min_age_ms: i64,
+) -> Vec<StealPlan> {
     let mut taken: BTreeSet<(u64, u32)> = BTreeSet::new();
     let mut plans = Vec::new();
     for (thief, want) in idle {
@@ -368,9 +459,16 @@ fn plan_steals(l: &kiln_ledger::Ledger, idle: Vec<(WorkerId, u32)>, unstarted: &
             continue;
         }
         let plan = l.steal_plan(&thief, free, &|t, seq| !unstarted.contains(&(t.0, seq)) || taken.contains(&(t.0, seq)));
-        if !plan.is_empty() {
-            taken.extend(plan.iter().map(|(t, s)| (t.0, *s)));
-            plans.push((thief, plan));
+        let backups = if plan.is_empty() {
+            l.backup_plan(&thief, free, now, min_age_ms, &|t, seq| {
+                if taken.contains(&(t.0, seq)) { None } else { started_at.get(&(t.0, seq)).copied() }
+            })
+        } else {
+            Vec::new()
+        };
+        if !plan.is_empty() || !backups.is_empty() {
+            taken.extend(plan.iter().chain(&backups).map(|(t, s)| (t.0, *s)));
+            plans.push(StealPlan { thief, unstarted: plan, backups });
         }
     }
     plans
@@ -423,7 +521,7 @@ impl WorkerSession for SessionService {
         let spec = spec_from_hello(hello)?;
         let worker = spec.id.clone();
         let hub = self.hub.clone();
-        match hub.handle.propose(Command::RegisterWorker { spec }).await.map_err(from_propose)? {
+        match hub.handle.propose(Command::RegisterWorker { spec: spec.clone() }).await.map_err(from_propose)? {
             Ok(_) => {}
             Err(r) => return Err(crate::status::from_rejection(r)),
         }
@@ -440,11 +538,13 @@ impl WorkerSession for SessionService {
             Session {
                 conn,
                 tx: tx.clone(),
+                spec,
                 want: 0,
                 draining: false,
                 last_renewal: Instant::now(),
                 busy_slots: 0,
                 unstarted: BTreeSet::new(),
+                started_at: HashMap::new(),
             },
         );
         tracing::info!(%worker, "worker session opened");
@@ -471,8 +571,15 @@ impl WorkerSession for SessionService {
             while let Some(message) = inbound.next().await {
                 match message {
                     Ok(v1::WorkerMessage { msg: Some(msg) }) => {
-                        // Each report is its own proposal so that many share one Raft entry.
-                        tokio::spawn(hub.clone().handle_up(worker.clone(), tx.clone(), msg));
+                        // What changes the session's own state is taken in stream order: a
+                        // `Want` overtaken by an older one would leave the hub with a stale count
+                        // (and an idle worker nobody leases to), and a `Drain` must be in force
+                        // before the `Released` that follows it.
+                        hub.on_session_state(&worker, &msg);
+                        if matches!(msg, Up::Completed(_) | Up::Failed(_) | Up::Released(_) | Up::Drain(_)) {
+                            // Each report is its own proposal so that many share one Raft entry.
+                            tokio::spawn(hub.clone().handle_up(worker.clone(), tx.clone(), msg));
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {

@@ -493,6 +493,40 @@ async fn an_idle_worker_steals_the_unstarted_tasks_of_a_busy_one() {
     h.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_twice_as_fast_renders_a_backup_of_a_long_task_and_the_first_completion_counts() {
+    let mut h = Harness::new().await;
+    h.sine("long.wav", 0.1);
+    // The slow holder: its render never ends until the gate opens.
+    let (slow, slow_started, slow_gate) = Scripted::new(true, 0);
+    let slow_opts = kiln_config::WorkerOptions { speed: Some(1.0), ..h.worker_options("w-old", 1) };
+    let old = spawn(Worker::with_renderer(slow_opts, slow).expect("worker"));
+    let ids = h.submit(&[("long.wav", &["loudness"])]).await;
+    tokio::time::timeout(WAIT, slow_started.recv_async()).await.expect("the render starts").expect("started");
+
+    // A worker four times as fast joins with the queue empty: it renders a backup copy, which
+    // finishes first and counts, while the old server is still busy.
+    let (fast, _fast_started, _fast_gate) = Scripted::new(false, 0);
+    let fast_calls = fast.clone();
+    let fast_opts = kiln_config::WorkerOptions { speed: Some(4.0), ..h.worker_options("w-new", 2) };
+    let new = spawn(Worker::with_renderer(fast_opts, fast).expect("worker"));
+    let t = h.wait_terminal(&ids).await.remove(0);
+    assert_eq!((t.state(), t.worker.as_str(), t.attempts), (v1::TaskState::Succeeded, "w-new", 0), "{t:#?}");
+    let copied = t.history.iter().find(|e| e.kind == "stolen").unwrap_or_else(|| panic!("no backup in {t:#?}"));
+    assert!(copied.detail.starts_with("backup copy") && copied.detail.contains("w-old"), "{copied:?}");
+    assert_eq!(fast_calls.calls.load(Ordering::SeqCst), 1);
+
+    // The old server's late completion is refused; the task stays done once, by the copy.
+    slow_gate.send(()).expect("open the gate");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = h.tasks().await.into_iter().find(|t| t.id == ids[0]).expect("task");
+    assert_eq!((t.state(), t.worker.as_str()), (v1::TaskState::Succeeded, "w-new"), "{t:#?}");
+    assert_eq!(t.history.iter().filter(|e| e.kind == "succeeded").count(), 1, "{t:#?}");
+    old.finish().await;
+    new.finish().await;
+    h.shutdown().await;
+}
+
 /// The value of one sample line (`name{labels} value`) in a Prometheus text body.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -557,6 +591,29 @@ async fn scheduler_and_worker_kpis_move_as_tasks_complete() {
     assert!(sample(&w, "kiln_worker_fetched_bytes_total") > 0.0);
     assert!(sample(&w, "kiln_worker_uploaded_bytes_total") > 0.0);
     assert_eq!(sample(&w, "kiln_worker_renders_total{renderer=\"waveform\"}"), 3.0);
+    assert_eq!(sample(&w, "kiln_worker_render_duration_seconds_count{renderer=\"waveform\"}"), 3.0);
+    assert_eq!(sample(&w, "kiln_worker_render_duration_seconds_bucket{renderer=\"waveform\",le=\"+Inf\"}"), 3.0);
+    assert!(sample(&w, "kiln_worker_fetch_duration_seconds_count") >= 3.0);
+    assert_eq!(sample(&w, "kiln_worker_upload_duration_seconds_count"), 3.0);
+
+    // Every series the shipped Grafana dashboard queries is one these processes serve.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/kiln-fleet.json")).expect("dashboard");
+    let served = |name: &str| {
+        [&mid, &after, &w].iter().any(|text| text.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' ']))))
+    };
+    let mut queried: Vec<&str> = dashboard
+        .match_indices("kiln_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .filter(|name| !name.starts_with("kiln_fleet"))
+        .collect();
+    queried.sort_unstable();
+    queried.dedup();
+    assert!(queried.len() > 10, "the dashboard queries kiln series: {queried:?}");
+    let missing: Vec<&&str> = queried.iter().filter(|n| !served(n)).collect();
+    assert!(missing.is_empty(), "the dashboard queries series nobody serves: {missing:?}");
     running.finish().await;
     h.shutdown().await;
 }
