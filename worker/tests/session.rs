@@ -527,6 +527,34 @@ async fn a_worker_twice_as_fast_renders_a_backup_of_a_long_task_and_the_first_co
     h.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_worker_the_ledger_has_as_disconnected_is_registered_again_and_gets_work() {
+    let mut h = Harness::new().await;
+    h.sine("a.wav", 0.1);
+    let (render, _, _) = Scripted::new(false, 0);
+    let worker = spawn(Worker::with_renderer(h.worker_options("w-lost", 1), render).expect("worker"));
+    let started = Instant::now();
+    loop {
+        let workers = h.client.call(|mut c| async move { c.list_workers(v1::ListWorkersRequest {}).await }).await.expect("workers").workers;
+        if workers.iter().any(|w| w.id == "w-lost" && w.connected) {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the worker never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What a reconnect race can leave behind: the close of the worker's previous stream committed
+    // after this session registered, so the ledger has the worker as disconnected while its
+    // session is open and asking for work. Nothing would ever be leased to it.
+    let id = kiln_types::WorkerId::new("w-lost".to_owned()).expect("worker id");
+    let handle = h.scheduler.as_ref().expect("scheduler").handle();
+    handle.propose(kiln_ledger::Command::DisconnectWorker { worker: id }).await.expect("proposed").expect("applied");
+    let ids = h.submit(&[("a.wav", &["loudness"])]).await;
+    let t = h.wait_terminal(&ids).await.remove(0);
+    assert_eq!((t.state(), t.worker.as_str()), (v1::TaskState::Succeeded, "w-lost"), "{t:#?}");
+    worker.finish().await;
+    h.shutdown().await;
+}
+
 /// The value of one sample line (`name{labels} value`) in a Prometheus text body.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
