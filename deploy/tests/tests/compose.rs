@@ -48,9 +48,11 @@ fn the_leader_cut_off_from_the_network_is_replaced_and_rejoins_as_a_follower() {
     c.disconnect(&old);
     let new = c.wait_for_leader(&[&old], Duration::from_secs(60));
     assert_ne!(new, old);
-    // Work goes on under the new leader while the old one is away.
+    // Work goes on under the new leader while the old one is away: tasks submitted to it now
+    // (the first batch may be done already on a fast machine) are leased and rendered.
     let before = c.finished().unwrap_or(0);
-    c.wait_finished(before + 20, Duration::from_secs(120));
+    c.submit("a-after", 40);
+    c.wait_finished(before + 40, Duration::from_secs(120));
     c.connect(&old);
     wait_for("the old leader to rejoin as a follower", Duration::from_secs(60), || {
         role(&c, &old).as_deref() == Some("follower")
@@ -118,6 +120,8 @@ fn a_worker_killed_mid_render_loses_nothing() {
     c.kill("worker-1");
     let before = c.finished().unwrap_or(0);
     c.wait_finished(before + 20, Duration::from_secs(120));
+    // Enough work that the other worker cannot finish it all before worker-1 is back.
+    c.submit("d-more", 400);
     c.start("worker-1");
     wait_for("worker-1's first lease after its restart", Duration::from_secs(60), || {
         c.service_logs("worker-1").matches("first lease").count() >= 2
