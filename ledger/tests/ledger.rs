@@ -370,11 +370,15 @@ fn spec_with(name: &str, slots: u32, speed_milli: u32) -> WorkerSpec {
     WorkerSpec { slots, speed_milli, ..spec(name, &["default"]) }
 }
 
-fn steal(l: &mut Ledger, thief: &str, tasks: Vec<(TaskId, u32)>, now: i64) -> (Vec<Lease>, Vec<Effect>) {
-    match apply(l, Command::Steal { thief: wid(thief), tasks }, now) {
+fn leased(l: &mut Ledger, cmd: Command, now: i64) -> (Vec<Lease>, Vec<Effect>) {
+    match apply(l, cmd, now) {
         (Ok(Outcome::Leased(v)), effects) => (v, effects),
-        other => panic!("steal: {other:?}"),
+        other => panic!("expected leases: {other:?}"),
     }
+}
+
+fn steal(l: &mut Ledger, thief: &str, tasks: Vec<(TaskId, u32)>, now: i64) -> (Vec<Lease>, Vec<Effect>) {
+    leased(l, Command::Steal { thief: wid(thief), tasks }, now)
 }
 
 /// A slow worker holding six tasks (two rendering, four prefetched) and an idle fast one.
@@ -423,10 +427,7 @@ fn an_idle_worker_steals_only_unstarted_tasks_and_the_victim_is_told() {
 }
 
 fn backup(l: &mut Ledger, thief: &str, tasks: Vec<(TaskId, u32)>, now: i64) -> (Vec<Lease>, Vec<Effect>) {
-    match apply(l, Command::Backup { thief: wid(thief), tasks }, now) {
-        (Ok(Outcome::Leased(v)), effects) => (v, effects),
-        other => panic!("backup: {other:?}"),
-    }
+    leased(l, Command::Backup { thief: wid(thief), tasks }, now)
 }
 
 /// A slow worker rendering two tasks, one since t=2 and one since t=600, and idle workers of

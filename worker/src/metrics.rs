@@ -24,8 +24,6 @@ pub struct Metrics {
     revoked: AtomicU64,
     bytes_fetched: AtomicU64,
     bytes_uploaded: AtomicU64,
-    fetch_micros: AtomicU64,
-    upload_micros: AtomicU64,
     slot_busy_micros: AtomicU64,
     sessions_opened: AtomicU64,
     connected: AtomicBool,
@@ -71,7 +69,6 @@ impl Metrics {
 
     pub fn fetched(&self, bytes: usize, micros: u64) {
         self.bytes_fetched.fetch_add(bytes as u64, Relaxed);
-        self.fetch_micros.fetch_add(micros, Relaxed);
         self.fetch.observe_micros(micros);
     }
 
@@ -80,7 +77,6 @@ impl Metrics {
     }
 
     pub fn upload_time(&self, micros: u64) {
-        self.upload_micros.fetch_add(micros, Relaxed);
         self.upload.observe_micros(micros);
     }
 
@@ -149,8 +145,8 @@ impl Metrics {
         family("kiln_worker_tasks_revoked_total", "counter", "Unstarted tasks dropped on the scheduler's word.", &[("", g(&self.revoked))]);
         family("kiln_worker_fetched_bytes_total", "counter", "Bytes of masters read.", &[("", g(&self.bytes_fetched))]);
         family("kiln_worker_uploaded_bytes_total", "counter", "Bytes of derivatives written.", &[("", g(&self.bytes_uploaded))]);
-        family("kiln_worker_fetch_seconds_total", "counter", "Time spent reading masters.", &[("", secs(&self.fetch_micros))]);
-        family("kiln_worker_upload_seconds_total", "counter", "Time spent writing derivatives.", &[("", secs(&self.upload_micros))]);
+        family("kiln_worker_fetch_seconds_total", "counter", "Time spent reading masters.", &[("", self.fetch.sum_secs())]);
+        family("kiln_worker_upload_seconds_total", "counter", "Time spent writing derivatives.", &[("", self.upload.sum_secs())]);
         family("kiln_worker_slot_busy_seconds_total", "counter", "Time slots spent rendering.", &[("", secs(&self.slot_busy_micros))]);
         family("kiln_worker_sessions_opened_total", "counter", "Sessions opened with a scheduler.", &[("", g(&self.sessions_opened))]);
         family("kiln_worker_connected", "gauge", "1 while a session is open.", &[("", f64::from(u8::from(self.connected.load(Relaxed))))]);

@@ -107,6 +107,10 @@ impl Harness {
         resp.results.iter().map(|r| r.task_id).collect()
     }
 
+    async fn workers(&mut self) -> Vec<v1::WorkerInfo> {
+        self.client.call(|mut c| async move { c.list_workers(v1::ListWorkersRequest {}).await }).await.expect("workers").workers
+    }
+
     async fn tasks(&mut self) -> Vec<v1::Task> {
         let resp = self
             .client
@@ -470,12 +474,7 @@ async fn an_idle_worker_steals_the_unstarted_tasks_of_a_busy_one() {
         let stolen = t.history.iter().find(|e| e.kind == "stolen").unwrap_or_else(|| panic!("no steal in {t:#?}"));
         assert!(stolen.detail.contains("w-victim"), "{stolen:?}");
     }
-    let workers = h
-        .client
-        .call(|mut c| async move { c.list_workers(v1::ListWorkersRequest {}).await })
-        .await
-        .expect("workers")
-        .workers;
+    let workers = h.workers().await;
     let by_id = |id: &str| workers.iter().find(|w| w.id == id).cloned().expect("worker listed");
     assert_eq!((by_id("w-thief").stole, by_id("w-victim").stolen_from), (3, 3));
 
@@ -535,8 +534,7 @@ async fn a_live_worker_the_ledger_has_as_disconnected_is_registered_again_and_ge
     let worker = spawn(Worker::with_renderer(h.worker_options("w-lost", 1), render).expect("worker"));
     let started = Instant::now();
     loop {
-        let workers = h.client.call(|mut c| async move { c.list_workers(v1::ListWorkersRequest {}).await }).await.expect("workers").workers;
-        if workers.iter().any(|w| w.id == "w-lost" && w.connected) {
+        if h.workers().await.iter().any(|w| w.id == "w-lost" && w.connected) {
             break;
         }
         assert!(started.elapsed() < WAIT, "the worker never connected");
