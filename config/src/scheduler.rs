@@ -60,6 +60,11 @@ pub struct SchedulerOptions {
     pub snapshot_every: u64,
     /// Most ledger commands carried by one Raft entry.
     pub max_batch: usize,
+    /// Group commit: under load, how long proposals wait for others to share their Raft entry
+    /// (one fsync per replica, one message per follower). Adds at most this much to a write's
+    /// latency; an idle scheduler proposes at once. `0ms` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Duration,
     #[serde(with = "humantime_serde")]
     pub raft_tick: Duration,
     pub election_ticks: usize,
@@ -87,6 +92,7 @@ impl Default for SchedulerOptions {
             max_live_tasks: 2_000_000,
             snapshot_every: 20_000,
             max_batch: 4096,
+            batch_window: Duration::from_millis(2),
             raft_tick: Duration::from_millis(100),
             election_ticks: 10,
             work_stealing: true,

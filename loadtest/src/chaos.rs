@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up};
 use tokio::sync::mpsc;
 
@@ -50,6 +51,9 @@ pub struct ClusterArgs {
     /// Raft entries between snapshots on spawned nodes.
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_every: u64,
+    /// Group-commit window of spawned nodes, in milliseconds (`batch_window`; default: theirs).
+    #[arg(long)]
+    pub batch_window_ms: Option<u64>,
     /// Kill or pause a node every this many seconds (0: no chaos). Needs --cluster.
     #[arg(long, default_value_t = 0.0)]
     pub chaos_every: f64,
@@ -152,10 +156,11 @@ fn spawn_cluster(args: &ClusterArgs, dir: &std::path::Path, max_live: u64) -> an
         let config = dir.join(format!("node-{id}.toml"));
         let toml = format!(
             "[scheduler]\nnode_id = {id}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-             raft_tick = \"{}ms\"\nsnapshot_every = {}\nmax_live_tasks = {max_live}\n{peers}",
+             raft_tick = \"{}ms\"\nsnapshot_every = {}\nmax_live_tasks = {max_live}\n{}{peers}",
             dir.join(format!("node-{id}")).display().to_string(),
             args.raft_tick_ms,
             args.snapshot_every,
+            args.batch_window_ms.map(|ms| format!("batch_window = \"{ms}ms\"\n")).unwrap_or_default(),
         );
         std::fs::write(&config, toml)?;
         let mut node = Node {
@@ -273,15 +278,27 @@ async fn session(
     };
     let mut session_node = 0u64;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
+    // As a real worker does, free room is announced once per burst of acks, not once per ack.
+    let mut room_changed = false;
     loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            _ = heartbeat.tick() => {
-                let held = outstanding.keys().map(|(t, s)| v1::LeaseRef { task_id: *t, lease_seq: *s }).collect();
-                let _ = tx.try_send(up(Up::Heartbeat(v1::Heartbeat { held, busy_slots: 0, ..Default::default() })));
-                continue;
+        let ready = inbound.message().now_or_never();
+        let msg = match ready {
+            Some(m) => m,
+            None => {
+                let want = capacity.saturating_sub(outstanding.len() as u32);
+                if std::mem::take(&mut room_changed) && want > 0 {
+                    let _ = tx.try_send(up(Up::Want(v1::Want { count: want })));
+                }
+                tokio::select! {
+                    m = inbound.message() => m,
+                    _ = heartbeat.tick() => {
+                        let held = outstanding.keys().map(|(t, s)| v1::LeaseRef { task_id: *t, lease_seq: *s }).collect();
+                        let _ = tx.try_send(up(Up::Heartbeat(v1::Heartbeat { held, busy_slots: 0, ..Default::default() })));
+                        continue;
+                    }
+                    _ = stop.changed() => return Ok(()),
+                }
             }
-            _ = stop.changed() => return Ok(()),
         };
         let msg = match msg {
             Ok(Some(m)) => m,
@@ -321,10 +338,7 @@ async fn session(
                         shared.acked.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                let want = capacity.saturating_sub(outstanding.len() as u32);
-                if want > 0 {
-                    let _ = tx.try_send(up(Up::Want(v1::Want { count: want })));
-                }
+                room_changed = true;
             }
             Some(Down::Revoke(r)) => {
                 for l in r.leases {

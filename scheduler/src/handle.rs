@@ -22,6 +22,26 @@ impl Handle {
         rx.await.map_err(|_| ProposeError::Stopped)?
     }
 
+    /// Replicates several commands, handed to the node thread together, and returns each one's
+    /// outcome in order. The commands may share a Raft entry with one another and with others.
+    pub async fn propose_many(&self, cmds: Vec<Command>) -> Vec<Result<Result<Outcome, Rejection>, ProposeError>> {
+        let (proposals, replies): (Vec<_>, Vec<_>) = cmds
+            .into_iter()
+            .map(|cmd| {
+                let (reply, rx) = oneshot::channel();
+                ((cmd, reply), rx)
+            })
+            .unzip();
+        if self.requests.send_async(Request::ProposeMany(proposals)).await.is_err() {
+            return replies.iter().map(|_| Err(ProposeError::Stopped)).collect();
+        }
+        let mut outcomes = Vec::with_capacity(replies.len());
+        for rx in replies {
+            outcomes.push(rx.await.unwrap_or(Err(ProposeError::Stopped)));
+        }
+        outcomes
+    }
+
     /// Runs `f` against this node's applied ledger. On the leader this sees every acknowledged
     /// write; on a follower it may lag (the status says by how much).
     pub async fn read<R: Send + 'static>(

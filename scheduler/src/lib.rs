@@ -154,6 +154,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         tick: opts.raft_tick,
         election_ticks: opts.election_ticks,
         max_batch: opts.max_batch,
+        batch_window: opts.batch_window,
         snapshot_every: opts.snapshot_every,
         clock: node::now_ms,
         randomized_election: true,

@@ -104,6 +104,9 @@ pub(crate) type ProposeReply = oneshot::Sender<Result<Result<Outcome, Rejection>
 
 pub(crate) enum Request {
     Propose { cmd: Command, reply: ProposeReply },
+    /// Several proposals handed over at once (a worker's reports that arrived together): one
+    /// wake-up of the node thread instead of one per command; each still gets its own outcome.
+    ProposeMany(Vec<(Command, ProposeReply)>),
     Read(ReadFn),
     /// Linearizable read: confirmed leadership with a quorum (ReadIndex), then served once the
     /// applied index has caught up with the commit index at the time of the request.
@@ -151,6 +154,10 @@ pub struct NodeConfig {
     pub tick: Duration,
     pub election_ticks: usize,
     pub max_batch: usize,
+    /// Group commit: under load, proposals wait up to this long after the previous entry so that
+    /// one entry (one fsync on every replica, one message to each follower) carries more of them.
+    /// An idle node proposes at once.
+    pub batch_window: Duration,
     pub snapshot_every: u64,
     /// Where the leader reads the time it stamps on entries: the wall clock, or a simulation's.
     pub clock: fn() -> Millis,
@@ -275,6 +282,8 @@ pub(crate) struct Node {
     /// Membership changes in flight, by the log index and term of their entry.
     conf_waiters: HashMap<u64, (u64, MembershipReply)>,
     pending: Vec<(u64, Command)>,
+    /// When the last entry was proposed: the start of the current group-commit window.
+    last_proposal: Instant,
     next_seq: u64,
     applied: u64,
     snapshot_index: u64,
@@ -364,6 +373,7 @@ impl Node {
             waiters: HashMap::new(),
             conf_waiters: HashMap::new(),
             pending: Vec::new(),
+            last_proposal: Instant::now(),
             next_seq: 1,
             applied,
             snapshot_index: applied,
@@ -384,7 +394,15 @@ impl Node {
         let mut next_tick = Instant::now() + tick;
         loop {
             // raft-rs can have more to do right after `advance` (say, after a snapshot): no waiting then.
-            let wait = if self.raw.has_ready() { Duration::ZERO } else { next_tick.saturating_duration_since(Instant::now()) };
+            let wait = if self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                let until = match self.window_end() {
+                    Some(end) => end.min(next_tick),
+                    None => next_tick,
+                };
+                until.saturating_duration_since(Instant::now())
+            };
             let mut batch = Vec::new();
             match requests.recv_timeout(wait) {
                 Ok(Request::Stop) => break,
@@ -437,8 +455,22 @@ impl Node {
             }
             self.ticks += 1;
         }
-        self.flush_proposals();
+        if self.proposals_due() {
+            self.flush_proposals();
+        }
         self.on_ready()
+    }
+
+    /// When the pending proposals must go out, if any are pending.
+    fn window_end(&self) -> Option<Instant> {
+        (!self.pending.is_empty()).then(|| self.last_proposal + self.config.batch_window)
+    }
+
+    fn proposals_due(&self) -> bool {
+        match self.window_end() {
+            None => false,
+            Some(end) => self.pending.len() >= self.config.max_batch || Instant::now() >= end,
+        }
     }
 
     #[cfg(test)]
@@ -453,15 +485,11 @@ impl Node {
 
     fn handle(&mut self, req: Request) {
         match req {
-            Request::Propose { cmd, reply } => {
-                if self.role != StateRole::Leader {
-                    let _ = reply.send(Err(self.not_leader()));
-                    return;
+            Request::Propose { cmd, reply } => self.enqueue(cmd, reply),
+            Request::ProposeMany(proposals) => {
+                for (cmd, reply) in proposals {
+                    self.enqueue(cmd, reply);
                 }
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.waiters.insert(seq, (Instant::now(), reply));
-                self.pending.push((seq, cmd));
             }
             Request::Read(f) => f(&self.ledger, &self.status()),
             Request::FreshRead(f) => {
@@ -488,6 +516,18 @@ impl Node {
             // Only reached from the batching loop; the outer loop handles Stop first.
             Request::Stop => self.stopping = true,
         }
+    }
+
+    /// Queues a proposal for this round's entry, or refuses it at once on a follower.
+    fn enqueue(&mut self, cmd: Command, reply: ProposeReply) {
+        if self.role != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.waiters.insert(seq, (Instant::now(), reply));
+        self.pending.push((seq, cmd));
     }
 
     fn not_leader(&self) -> ProposeError {
@@ -583,6 +623,7 @@ impl Node {
             return;
         }
         let commands = std::mem::take(&mut self.pending);
+        self.last_proposal = Instant::now();
         if self.role != StateRole::Leader {
             let err = self.not_leader();
             for (seq, _) in commands {
@@ -663,11 +704,19 @@ impl Node {
         self.apply_entries(ready.take_committed_entries())?;
         let store = self.raw.mut_store();
         store.append(ready.entries())?;
+        // Raft needs the entries, the term and the vote durable; the commit index may be lost in
+        // a crash (the leader tells it again). A round that only moved the commit index (most of
+        // a leader's rounds: its followers' acknowledgements) writes it but costs no fsync.
+        let mut must_sync = !ready.entries().is_empty();
         if let Some(hs) = ready.hs() {
+            let before = store.hard_state();
+            must_sync |= hs.term != before.term || hs.vote != before.vote;
             store.set_hard_state(hs.clone())?;
         }
         // Durable before anything that acknowledges it leaves this node.
-        store.sync()?;
+        if must_sync {
+            store.sync()?;
+        }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
         }

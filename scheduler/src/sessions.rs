@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{FutureExt as _, Stream};
 use kiln_ledger::{Command, Effect, Outcome, WorkerSpec};
 use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up, worker_session_server::WorkerSession};
 use kiln_types::{QueueName, TaskId, WorkerId};
@@ -49,6 +49,9 @@ type Outbound = mpsc::Sender<Result<v1::SchedulerMessage, Status>>;
 
 /// How long a message to a worker may wait for room on its stream before it counts as undelivered.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most messages of one worker taken off its stream in one turn (and their reports proposed
+/// together).
+const MAX_MESSAGES_PER_TURN: usize = 512;
 
 struct Session {
     /// Distinguishes this connection from a later reconnect of the same worker, so the old
@@ -206,16 +209,12 @@ impl Hub {
             for worker in unregistered {
                 self.register_again(&worker).await;
             }
-            // Concurrent proposals share one Raft entry.
-            let leases = ready.into_iter().map(|(worker, want)| {
-                let hub = self.clone();
-                async move { hub.lease_to(worker, want).await }
-            });
+            // Every lease of the round is one hand-over to the node and shares one Raft entry.
             let stolen = steals.into_iter().map(|plan| {
                 let hub = self.clone();
                 async move { hub.steal_to(plan).await }
             });
-            futures::future::join(futures::future::join_all(leases), futures::future::join_all(stolen)).await;
+            futures::future::join(self.lease_to(ready), futures::future::join_all(stolen)).await;
         }
     }
 
@@ -254,25 +253,31 @@ impl Hub {
         }
     }
 
-    async fn lease_to(&self, worker: WorkerId, want: u32) {
-        let leases = match self.handle.propose(Command::Lease { worker: worker.clone(), max: want }).await {
-            Ok(Ok(Outcome::Leased(leases))) => leases,
-            Ok(other) => {
-                tracing::debug!(%worker, ?other, "lease refused");
-                return;
+    /// Leases to each worker up to the number of tasks it wants, and delivers them.
+    async fn lease_to(&self, wanting: Vec<(WorkerId, u32)>) {
+        if wanting.is_empty() {
+            return;
+        }
+        let commands = wanting.iter().map(|(worker, want)| Command::Lease { worker: worker.clone(), max: *want }).collect();
+        let outcomes = self.handle.propose_many(commands).await;
+        let deliveries = wanting.into_iter().zip(outcomes).filter_map(|((worker, _), outcome)| match outcome {
+            Ok(Ok(Outcome::Leased(leases))) if !leases.is_empty() => {
+                for l in &leases {
+                    self.kpis.lease_wait.observe_micros(u64::try_from(l.waited_ms).unwrap_or(0).saturating_mul(1000));
+                }
+                Some(self.deliver(worker, leases))
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(rejection)) => {
+                tracing::debug!(%worker, %rejection, "lease refused");
+                None
             }
             Err(e) => {
                 tracing::debug!(%worker, error = %e, "lease not proposed");
-                return;
+                None
             }
-        };
-        if leases.is_empty() {
-            return;
-        }
-        for l in &leases {
-            self.kpis.lease_wait.observe_micros(u64::try_from(l.waited_ms).unwrap_or(0).saturating_mul(1000));
-        }
-        self.deliver(worker, leases).await;
+        });
+        futures::future::join_all(deliveries).await;
     }
 
     /// Pushes freshly leased tasks down the worker's stream, or gives them back if it is gone.
@@ -348,57 +353,74 @@ impl Hub {
         }
     }
 
-    async fn handle_up(self: Arc<Self>, worker: WorkerId, tx: Outbound, msg: Up) {
-        let ack = |lease: Option<v1::LeaseRef>, accepted: bool| v1::SchedulerMessage {
-            msg: Some(Down::Ack(v1::Ack { lease, accepted })),
-        };
-        match msg {
-            // Taken in stream order by `on_session_state`.
-            Up::Hello(_) | Up::Heartbeat(_) | Up::Want(_) => {}
-            Up::Completed(c) => {
-                let Some(lease) = c.lease else { return };
-                let reported = c.result.clone().unwrap_or_default();
-                let result = match c.result.map(crate::convert::result_from_pb).transpose() {
-                    Ok(r) => r.unwrap_or_default(),
-                    Err(e) => {
-                        tracing::warn!(%worker, error = %e, "malformed completion rejected");
-                        return;
-                    }
-                };
-                let cmd = Command::Complete { task: TaskId(lease.task_id), lease_seq: lease.lease_seq, worker, result };
-                if let Ok(Ok(Outcome::Reported { accepted })) = self.handle.propose(cmd).await {
-                    if accepted {
-                        self.kpis.completed(&reported);
-                    }
-                    let _ = tx.send(Ok(ack(Some(lease), accepted))).await;
+    /// Records a worker's reports that arrived together. Completions and failures go to the node
+    /// in one hand-over (one wake-up of its thread, one Raft entry); each is acknowledged once it
+    /// is durable. Releases and drains are rare and go on their own.
+    async fn handle_reports(self: Arc<Self>, worker: WorkerId, tx: Outbound, reports: Vec<Up>) {
+        let mut commands = Vec::with_capacity(reports.len());
+        let mut acks = Vec::with_capacity(reports.len());
+        for msg in reports {
+            match msg {
+                Up::Completed(c) => {
+                    let Some(lease) = c.lease else { continue };
+                    let reported = c.result.clone().unwrap_or_default();
+                    let result = match c.result.map(crate::convert::result_from_pb).transpose() {
+                        Ok(r) => r.unwrap_or_default(),
+                        Err(e) => {
+                            tracing::warn!(%worker, error = %e, "malformed completion rejected");
+                            continue;
+                        }
+                    };
+                    commands.push(Command::Complete { task: TaskId(lease.task_id), lease_seq: lease.lease_seq, worker: worker.clone(), result });
+                    acks.push((lease, Some(reported)));
                 }
-            }
-            Up::Failed(f) => {
-                let Some(lease) = f.lease else { return };
-                let cmd = Command::Fail {
-                    task: TaskId(lease.task_id),
-                    lease_seq: lease.lease_seq,
-                    worker,
-                    error: f.error,
-                    permanent: f.permanent,
-                };
-                if let Ok(Ok(Outcome::Reported { accepted })) = self.handle.propose(cmd).await {
-                    let _ = tx.send(Ok(ack(Some(lease), accepted))).await;
+                Up::Failed(f) => {
+                    let Some(lease) = f.lease else { continue };
+                    commands.push(Command::Fail {
+                        task: TaskId(lease.task_id),
+                        lease_seq: lease.lease_seq,
+                        worker: worker.clone(),
+                        error: f.error,
+                        permanent: f.permanent,
+                    });
+                    acks.push((lease, None));
                 }
-            }
-            Up::Released(r) => {
-                let leases: Vec<(TaskId, u32)> = r.leases.iter().map(|l| (TaskId(l.task_id), l.lease_seq)).collect();
-                let cmd = Command::Release { worker, leases, reason: r.reason };
-                if let Ok(Ok(_)) = self.handle.propose(cmd).await {
-                    for lease in r.leases {
-                        let _ = tx.send(Ok(ack(Some(lease), true))).await;
-                    }
-                    self.wake.notify_one();
+                Up::Released(r) => {
+                    tokio::spawn(self.clone().release(worker.clone(), tx.clone(), r));
                 }
+                Up::Drain(_) => {
+                    let hub = self.clone();
+                    let worker = worker.clone();
+                    tokio::spawn(async move {
+                        let _ = hub.handle.propose(Command::DrainWorker { worker }).await;
+                    });
+                }
+                // Taken in stream order by `on_session_state`.
+                Up::Hello(_) | Up::Heartbeat(_) | Up::Want(_) => {}
             }
-            Up::Drain(_) => {
-                let _ = self.handle.propose(Command::DrainWorker { worker }).await;
+        }
+        if commands.is_empty() {
+            return;
+        }
+        let outcomes = self.handle.propose_many(commands).await;
+        for ((lease, reported), outcome) in acks.into_iter().zip(outcomes) {
+            // Not durable, or not known to be: no ack, so the worker sends the report again.
+            let Ok(Ok(Outcome::Reported { accepted })) = outcome else { continue };
+            if let (true, Some(reported)) = (accepted, reported) {
+                self.kpis.completed(&reported);
             }
+            let _ = tx.send(Ok(ack(lease, accepted))).await;
+        }
+    }
+
+    async fn release(self: Arc<Self>, worker: WorkerId, tx: Outbound, released: v1::Released) {
+        let leases: Vec<(TaskId, u32)> = released.leases.iter().map(|l| (TaskId(l.task_id), l.lease_seq)).collect();
+        let cmd = Command::Release { worker, leases, reason: released.reason };
+        if let Ok(Ok(_)) = self.handle.propose(cmd).await {
+            for lease in released.leases {
+                let _ = tx.send(Ok(ack(lease, true))).await;
+            }
+            self.wake.notify_one();
         }
     }
 
@@ -421,6 +443,11 @@ impl Hub {
             Up::Hello(_) | Up::Completed(_) | Up::Failed(_) | Up::Released(_) => {}
         }
     }
+}
+
+/// The scheduler's word that a report is durable (or was stale and ignored).
+fn ack(lease: v1::LeaseRef, accepted: bool) -> v1::SchedulerMessage {
+    v1::SchedulerMessage { msg: Some(Down::Ack(v1::Ack { lease: Some(lease), accepted })) }
 }
 
 /// What one idle worker takes in a round: unstarted tasks to steal, or, when none are left,
@@ -568,24 +595,46 @@ impl WorkerSession for SessionService {
             hub.wake.notify_one();
         }
         tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
-                match message {
-                    Ok(v1::WorkerMessage { msg: Some(msg) }) => {
-                        // What changes the session's own state is taken in stream order: a
-                        // `Want` overtaken by an older one would leave the hub with a stale count
-                        // (and an idle worker nobody leases to), and a `Drain` must be in force
-                        // before the `Released` that follows it.
-                        hub.on_session_state(&worker, &msg);
-                        if matches!(msg, Up::Completed(_) | Up::Failed(_) | Up::Released(_) | Up::Drain(_)) {
-                            // Each report is its own proposal so that many share one Raft entry.
-                            tokio::spawn(hub.clone().handle_up(worker.clone(), tx.clone(), msg));
+            let mut open = true;
+            while open {
+                let Some(first) = inbound.next().await else { break };
+                // Take whatever else the worker has sent already, so that its reports reach the
+                // node together rather than one wake-up and one proposal each.
+                let mut received = vec![first];
+                while received.len() < MAX_MESSAGES_PER_TURN {
+                    match inbound.next().now_or_never() {
+                        Some(Some(message)) => received.push(message),
+                        Some(None) => {
+                            open = false;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let mut reports = Vec::new();
+                for message in received {
+                    match message {
+                        Ok(v1::WorkerMessage { msg: Some(msg) }) => {
+                            // What changes the session's own state is taken in stream order: a
+                            // `Want` overtaken by an older one would leave the hub with a stale
+                            // count (and an idle worker nobody leases to), and a `Drain` must be
+                            // in force before the `Released` that follows it.
+                            hub.on_session_state(&worker, &msg);
+                            if matches!(msg, Up::Completed(_) | Up::Failed(_) | Up::Released(_) | Up::Drain(_)) {
+                                reports.push(msg);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(%worker, error = %e, "worker stream error");
+                            open = false;
+                            break;
                         }
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(%worker, error = %e, "worker stream error");
-                        break;
-                    }
+                }
+                if !reports.is_empty() {
+                    // Off the reader: the next messages are read while these are made durable.
+                    tokio::spawn(hub.clone().handle_reports(worker.clone(), tx.clone(), reports));
                 }
             }
             let current = {

@@ -191,6 +191,7 @@ impl Sim {
             // Distinct, fixed election timeouts: raft-rs's own randomness would make runs unrepeatable.
             election_ticks: 10 + 4 * (n.id as usize - 1),
             max_batch: 64,
+            batch_window: Duration::ZERO,
             snapshot_every: 25,
             clock: sim_clock,
             randomized_election: false,
@@ -524,6 +525,7 @@ fn a_batch_too_big_for_one_entry_is_split() {
         tick: Duration::from_millis(ROUND_MS as u64),
         election_ticks: 10,
         max_batch: 64,
+        batch_window: Duration::ZERO,
         snapshot_every: 1_000,
         clock: sim_clock,
         randomized_election: false,
@@ -558,4 +560,67 @@ fn a_batch_too_big_for_one_entry_is_split() {
         }
     }
     assert_eq!(node.ledger().submitted_total(), 20_000);
+}
+
+/// Group commit: under load, proposals that arrive within the batch window of the previous entry
+/// wait and share the next one (one fsync for all); an idle node proposes at once. Proposals
+/// handed over together (`ProposeMany`) get their own outcomes, in order.
+#[test]
+fn proposals_within_the_batch_window_share_one_entry() {
+    const WINDOW: Duration = Duration::from_millis(300);
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let config = NodeConfig {
+        id: 1,
+        data_dir: tmp.path().join("node-1"),
+        members: vec![(1, "sim://1".into())],
+        join: false,
+        force_new_cluster: false,
+        ledger: LedgerConfig::default(),
+        tick: Duration::from_millis(ROUND_MS as u64),
+        election_ticks: 10,
+        max_batch: 64,
+        batch_window: WINDOW,
+        snapshot_every: 1_000,
+        clock: sim_clock,
+        randomized_election: false,
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut node = Node::open(config, Box::new(Outbox(Arc::new(Mutex::new(Vec::new())))), tx).unwrap_or_else(|e| panic!("open: {e}"));
+    let round = |node: &mut Node, requests: Vec<Request>| node.round(requests, false).unwrap_or_else(|e| panic!("round: {e}"));
+    for _ in 0..5 {
+        node.round(Vec::new(), true).unwrap_or_else(|e| panic!("round: {e}"));
+    }
+    assert!(node.node_status().is_leader);
+    // Let the new leader's own proposal (the lease grace) go out, then let its window pass.
+    std::thread::sleep(WINDOW);
+    round(&mut node, Vec::new());
+    std::thread::sleep(WINDOW);
+    let idle = node.node_status().last_index;
+
+    let (a_tx, mut a_rx) = oneshot::channel();
+    round(&mut node, vec![Request::Propose { cmd: Command::Submit { jobs: vec![job("a")] }, reply: a_tx }]);
+    assert_eq!(node.node_status().last_index, idle + 1, "an idle node proposes at once");
+    assert!(matches!(a_rx.try_recv(), Ok(Ok(Ok(Outcome::Submitted(_))))));
+
+    // Within the window of that entry: these wait, and then go out together.
+    let (b_tx, mut b_rx) = oneshot::channel();
+    let (c_tx, mut c_rx) = oneshot::channel();
+    let (d_tx, mut d_rx) = oneshot::channel();
+    round(&mut node, vec![Request::Propose { cmd: Command::Submit { jobs: vec![job("b")] }, reply: b_tx }]);
+    round(
+        &mut node,
+        vec![Request::ProposeMany(vec![
+            (Command::Submit { jobs: vec![job("c")] }, c_tx),
+            (Command::Cancel { task: TaskId(999_999) }, d_tx),
+        ])],
+    );
+    assert_eq!(node.node_status().last_index, idle + 1, "proposals inside the window wait");
+    assert!(b_rx.try_recv().is_err() && c_rx.try_recv().is_err());
+    std::thread::sleep(WINDOW);
+    round(&mut node, Vec::new());
+    assert_eq!(node.node_status().last_index, idle + 2, "the waiting proposals share one entry");
+    assert!(matches!(b_rx.try_recv(), Ok(Ok(Ok(Outcome::Submitted(_))))));
+    assert!(matches!(c_rx.try_recv(), Ok(Ok(Ok(Outcome::Submitted(_))))));
+    assert!(matches!(d_rx.try_recv(), Ok(Ok(Err(Rejection::UnknownTask(_))))), "each command keeps its own outcome");
+    assert_eq!(node.ledger().submitted_total(), 3);
 }
