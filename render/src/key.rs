@@ -2,13 +2,16 @@
 //!
 //! Harmonic mixing needs the key a DJ hears, which in club music is carried by sustained pads and a
 //! bass line on the root, over drums that are loud and pitchless. The estimate therefore looks at
-//! spectral *peaks* only (noise and drums contribute little), measures the tuning before folding
-//! to pitch classes (A4 is often 435–445 Hz), and weighs the bass register separately because the
-//! bass names the tonic where the chords alone are ambiguous (i–VI–III–VII vs. its relative major).
+//! spectral *peaks* that stand out of the spectrum around them (noise and drums contribute little),
+//! measures the tuning before folding to pitch classes (A4 is often 435–445 Hz), and weighs the
+//! bass register separately because the bass names the tonic where the chords alone are ambiguous
+//! (i–VI–III–VII vs. its relative major).
 //!
 //! ```text
 //!  Analysis.mono (11025 Hz) ─▶ 8192-point STFT, hop 4096 (1.35 Hz bins)
-//!    ─▶ per frame: log-compressed magnitudes, local maxima, parabolic interpolation
+//!    ─▶ per frame: local maxima, parabolic interpolation; a peak is a note only if it is within
+//!       40 dB of the frame's strongest and 3 dB above the mean log level of the peaks within a
+//!       major third of it (an adaptive floor: noise and drum maxima sit at that level)
 //!    ─▶ tuning: magnitude-weighted circular mean of the peaks' deviations from the 440 Hz grid
 //!    ─▶ chroma: peaks mapped to pitch (with that tuning), cos² semitone weighting, each peak also
 //!       credited to the notes it could be the 2nd–4th harmonic of (decaying weights)
@@ -38,7 +41,16 @@ const HARMONICS: usize = 4;
 const HARMONIC_DECAY: f64 = 0.55;
 /// Weight of the bass-chroma correlation relative to the full-range one.
 const BASS_WEIGHT: f64 = 0.25;
-
+/// Peaks are collected down to this fraction of their frame's strongest (60 dB) to measure the
+/// spectrum's local level; only those above [`PEAK_FLOOR`] (40 dB) can count as notes.
+const REFERENCE_FLOOR: f64 = 0.001;
+const PEAK_FLOOR: f64 = 0.01;
+/// Half-width, in octaves, of the neighbourhood a peak is compared with (a major third each way).
+const LOCAL_HALF_OCTAVES: f64 = 1.0 / 6.0;
+/// Fewest peaks (the peak itself included) a neighbourhood is averaged over.
+const LOCAL_MIN_PEAKS: usize = 4;
+/// How far a note's peak stands above the mean log magnitude of its neighbourhood: ln of 3 dB.
+const PROMINENCE: f64 = 0.345;
 /// Pitch-class profiles (index 0 = tonic). See the module docs for their provenance.
 const MAJOR: [f64; 12] = [0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400];
 const MINOR: [f64; 12] = [0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330];
@@ -110,41 +122,7 @@ struct Peak {
 
 /// Estimates the key of the analysis signal.
 pub fn estimate(signal: &Analysis) -> Result<KeyEstimate, Error> {
-    let rate = f64::from(signal.sample_rate);
-    let hz_per_bin = rate / FRAME as f64;
-    let lo = (MIN_HZ / hz_per_bin).floor().max(2.0) as usize;
-    let hi = ((MAX_HZ / hz_per_bin).ceil() as usize).min(FRAME / 2 - 1);
-    let mono = &signal.mono;
-    let frames = if mono.len() >= FRAME { (mono.len() - FRAME) / HOP + 1 } else { 1 };
-    let mut stft = Stft::new(FRAME);
-    let mut mags = vec![0.0f64; FRAME / 2 + 1];
-    let mut peaks: Vec<Peak> = Vec::with_capacity(frames * 64);
-    for i in 0..frames {
-        let start = (i * HOP).min(mono.len());
-        let end = (start + FRAME).min(mono.len());
-        let spectrum = stft.process(&mono[start..end]);
-        for (m, c) in mags.iter_mut().zip(spectrum) {
-            *m = f64::from(c.norm());
-        }
-        let frame_max = mags[lo..hi].iter().fold(0.0f64, |a, &b| a.max(b));
-        if frame_max <= 1e-6 {
-            continue;
-        }
-        let floor = frame_max * 0.01; // peaks within 40 dB of the frame's strongest
-        for b in lo..hi {
-            let m = mags[b];
-            if m > floor && m > mags[b - 1] && m >= mags[b + 1] {
-                // Parabolic interpolation on log magnitude.
-                let (l, c, r) = (mags[b - 1].ln(), m.ln(), mags[b + 1].ln());
-                let denom = l - 2.0 * c + r;
-                let delta = if denom.abs() > 1e-12 { (0.5 * (l - r) / denom).clamp(-0.5, 0.5) } else { 0.0 };
-                // Square-root compression: loud pads still lead, but the bass and quieter
-                // voices are heard too.
-                let weight = (m / frame_max).sqrt();
-                peaks.push(Peak { hz: (b as f64 + delta) * hz_per_bin, weight });
-            }
-        }
-    }
+    let peaks = tonal_peaks(signal, PROMINENCE);
     if peaks.is_empty() {
         return Err(Error::Unsupported { renderer: "key".into(), reason: "no tonal content: no spectral peaks".into() });
     }
@@ -162,6 +140,82 @@ pub fn estimate(signal: &Analysis) -> Result<KeyEstimate, Error> {
     let (best, second) = (scores[0], scores[1]);
     let confidence = ((best.0 - second.0) / best.0.abs().max(1e-9) * 4.0).clamp(0.0, 1.0);
     Ok(KeyEstimate { tonic: best.1, minor: best.2, confidence, tuning_hz })
+}
+/// Spectral peaks that are notes: within 40 dB of their frame's strongest, and standing clear of
+/// the spectrum around them.
+///
+/// Drums, noise and window side lobes leave a dense field of weak local maxima (one every few
+/// bins); counted as notes they flatten the chroma towards "all twelve" and blur major against
+/// minor. A sustained tone stands above its neighbourhood; noise maxima sit at its average. So a
+/// peak counts only when its log magnitude exceeds, by `prominence` ([`PROMINENCE`]), the mean log magnitude of
+/// the peaks (down to 60 dB) within [`LOCAL_HALF_OCTAVES`] around it: an adaptive floor that
+/// follows the spectral envelope, so it works in a loud mix and a quiet breakdown alike.
+fn tonal_peaks(signal: &Analysis, prominence: f64) -> Vec<Peak> {
+    let rate = f64::from(signal.sample_rate);
+    let hz_per_bin = rate / FRAME as f64;
+    let lo = (MIN_HZ / hz_per_bin).floor().max(2.0) as usize;
+    let hi = ((MAX_HZ / hz_per_bin).ceil() as usize).min(FRAME / 2 - 1);
+    let mono = &signal.mono;
+    let frames = if mono.len() >= FRAME { (mono.len() - FRAME) / HOP + 1 } else { 1 };
+    let mut stft = Stft::new(FRAME);
+    let mut mags = vec![0.0f64; FRAME / 2 + 1];
+    let mut peaks: Vec<Peak> = Vec::with_capacity(frames * 32);
+    // Per frame, in rising frequency: (hz, magnitude relative to the frame's strongest).
+    let mut candidates: Vec<(f64, f64)> = Vec::with_capacity(512);
+    let mut log_prefix: Vec<f64> = Vec::with_capacity(513);
+    let (down, up) = (2f64.powf(-LOCAL_HALF_OCTAVES), 2f64.powf(LOCAL_HALF_OCTAVES));
+    for i in 0..frames {
+        let start = (i * HOP).min(mono.len());
+        let end = (start + FRAME).min(mono.len());
+        let spectrum = stft.process(&mono[start..end]);
+        for (m, c) in mags.iter_mut().zip(spectrum) {
+            *m = f64::from(c.norm());
+        }
+        let frame_max = mags[lo..hi].iter().fold(0.0f64, |a, &b| a.max(b));
+        if frame_max <= 1e-6 {
+            continue;
+        }
+        let floor = frame_max * REFERENCE_FLOOR;
+        candidates.clear();
+        for b in lo..hi {
+            let m = mags[b];
+            if m > floor && m > mags[b - 1] && m >= mags[b + 1] {
+                // Parabolic interpolation on log magnitude.
+                let (l, c, r) = (mags[b - 1].ln(), m.ln(), mags[b + 1].ln());
+                let denom = l - 2.0 * c + r;
+                let delta = if denom.abs() > 1e-12 { (0.5 * (l - r) / denom).clamp(-0.5, 0.5) } else { 0.0 };
+                candidates.push(((b as f64 + delta) * hz_per_bin, m / frame_max));
+            }
+        }
+        log_prefix.clear();
+        log_prefix.push(0.0);
+        for &(_, rel) in &candidates {
+            let last = log_prefix.last().copied().unwrap_or(0.0);
+            log_prefix.push(last + rel.ln());
+        }
+        // The neighbourhood [from, to) only moves up as the peaks do.
+        let (mut from, mut to) = (0usize, 0usize);
+        for &(hz, rel) in &candidates {
+            while from < candidates.len() && candidates[from].0 < hz * down {
+                from += 1;
+            }
+            while to < candidates.len() && candidates[to].0 < hz * up {
+                to += 1;
+            }
+            // A sparse neighbourhood (a clean recording, a lone bass note) is padded to
+            // LOCAL_MIN_PEAKS with the 60 dB floor: where there is no peak, the spectrum is
+            // at most that loud. Otherwise a lone tone would be its own neighbourhood.
+            let count = to - from;
+            let padding = LOCAL_MIN_PEAKS.saturating_sub(count) as f64 * REFERENCE_FLOOR.ln();
+            let local = (log_prefix[to] - log_prefix[from] + padding) / count.max(LOCAL_MIN_PEAKS) as f64;
+            if rel > PEAK_FLOOR && rel.ln() - local > prominence {
+                // Square-root compression: loud pads still lead, but the bass and quieter
+                // voices are heard too.
+                peaks.push(Peak { hz, weight: rel.sqrt() });
+            }
+        }
+    }
+    peaks
 }
 
 /// Concert pitch from the peaks' deviations from the equal-tempered grid on A4 = 440 Hz, as a
@@ -265,6 +319,34 @@ mod tests {
             })
             .collect();
         Audio { sample_rate: sr, channels: 1, samples }
+    }
+
+    #[test]
+    fn noise_maxima_are_not_taken_for_notes() {
+        // A 440 Hz tone 20 dB above white noise (a deterministic LCG) in every bin: the noise
+        // leaves a local maximum every few bins, the tone one peak per frame. The tone must be
+        // kept in every frame, and most of the noise maxima's weight dropped.
+        let sr = 11_025u32;
+        let mut state = 12_345u64;
+        let samples: Vec<f32> = (0..sr as usize * 10)
+            .map(|i| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let noise = ((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0;
+                let tone = (std::f64::consts::TAU * 440.0 * i as f64 / f64::from(sr)).sin();
+                (0.3 * noise + 0.05 * tone) as f32
+            })
+            .collect();
+        let signal = Analysis::new(&Audio { sample_rate: sr, channels: 1, samples });
+        let is_tone = |p: &&Peak| (p.hz - 440.0).abs() < 2.0; // within the main lobe
+        let split = |peaks: &[Peak]| {
+            let tone: Vec<&Peak> = peaks.iter().filter(is_tone).collect();
+            let noise: f64 = peaks.iter().filter(|p| !is_tone(p)).map(|p| p.weight).sum();
+            (tone.len(), noise)
+        };
+        let (tone_all, noise_all) = split(&tonal_peaks(&signal, f64::NEG_INFINITY));
+        let (tone_kept, noise_kept) = split(&tonal_peaks(&signal, PROMINENCE));
+        assert_eq!(tone_kept, tone_all, "the tone is kept in every frame");
+        assert!(noise_kept < 0.5 * noise_all, "noise weight {noise_kept:.1} kept of {noise_all:.1}");
     }
 
     #[test]
