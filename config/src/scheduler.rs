@@ -62,7 +62,8 @@ pub struct SchedulerOptions {
     pub max_batch: usize,
     /// Group commit: under load, how long proposals wait for others to share their Raft entry
     /// (one fsync per replica, one message per follower). Adds at most this much to a write's
-    /// latency; an idle scheduler proposes at once. `0ms` turns it off.
+    /// latency; an idle scheduler proposes at once. Off (`0ms`) by default: on the benchmark
+    /// machine it saved CPU but cost throughput (docs/benchmarks.md).
     #[serde(with = "humantime_serde")]
     pub batch_window: Duration,
     #[serde(with = "humantime_serde")]
@@ -92,7 +93,7 @@ impl Default for SchedulerOptions {
             max_live_tasks: 2_000_000,
             snapshot_every: 20_000,
             max_batch: 4096,
-            batch_window: Duration::from_millis(2),
+            batch_window: Duration::ZERO,
             raft_tick: Duration::from_millis(100),
             election_ticks: 10,
             work_stealing: true,
