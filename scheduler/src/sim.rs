@@ -510,14 +510,11 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(simulate(42, 400), simulate(42, 400));
 }
 
-/// Commands that arrive together share an entry, unless that entry would be too big for a peer to
-/// receive in one message: then the batch is split, and every command still gets its outcome.
-#[test]
-fn a_batch_too_big_for_one_entry_is_split() {
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+/// A one-member cluster in `dir`, driven until it leads.
+fn lone_leader(dir: &std::path::Path, batch_window: Duration) -> Node {
     let config = NodeConfig {
         id: 1,
-        data_dir: tmp.path().join("node-1"),
+        data_dir: dir.join("node-1"),
         members: vec![(1, "sim://1".into())],
         join: false,
         force_new_cluster: false,
@@ -525,7 +522,7 @@ fn a_batch_too_big_for_one_entry_is_split() {
         tick: Duration::from_millis(ROUND_MS as u64),
         election_ticks: 10,
         max_batch: 64,
-        batch_window: Duration::ZERO,
+        batch_window,
         snapshot_every: 1_000,
         clock: sim_clock,
         randomized_election: false,
@@ -536,6 +533,15 @@ fn a_batch_too_big_for_one_entry_is_split() {
         node.round(Vec::new(), true).unwrap_or_else(|e| panic!("round: {e}"));
     }
     assert!(node.node_status().is_leader);
+    node
+}
+
+/// Commands that arrive together share an entry, unless that entry would be too big for a peer to
+/// receive in one message: then the batch is split, and every command still gets its outcome.
+#[test]
+fn a_batch_too_big_for_one_entry_is_split() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut node = lone_leader(tmp.path(), Duration::ZERO);
     let before = node.node_status().last_index;
     // Two submits of 10,000 jobs with long GUIDs: about 5.5 MB each, 11 MB together.
     let big = |tag: &str| {
@@ -569,28 +575,8 @@ fn a_batch_too_big_for_one_entry_is_split() {
 fn proposals_within_the_batch_window_share_one_entry() {
     const WINDOW: Duration = Duration::from_millis(300);
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let config = NodeConfig {
-        id: 1,
-        data_dir: tmp.path().join("node-1"),
-        members: vec![(1, "sim://1".into())],
-        join: false,
-        force_new_cluster: false,
-        ledger: LedgerConfig::default(),
-        tick: Duration::from_millis(ROUND_MS as u64),
-        election_ticks: 10,
-        max_batch: 64,
-        batch_window: WINDOW,
-        snapshot_every: 1_000,
-        clock: sim_clock,
-        randomized_election: false,
-    };
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut node = Node::open(config, Box::new(Outbox(Arc::new(Mutex::new(Vec::new())))), tx).unwrap_or_else(|e| panic!("open: {e}"));
+    let mut node = lone_leader(tmp.path(), WINDOW);
     let round = |node: &mut Node, requests: Vec<Request>| node.round(requests, false).unwrap_or_else(|e| panic!("round: {e}"));
-    for _ in 0..5 {
-        node.round(Vec::new(), true).unwrap_or_else(|e| panic!("round: {e}"));
-    }
-    assert!(node.node_status().is_leader);
     // Let the new leader's own proposal (the lease grace) go out, then let its window pass.
     std::thread::sleep(WINDOW);
     round(&mut node, Vec::new());
