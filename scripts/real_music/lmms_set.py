@@ -269,12 +269,19 @@ def render(args: argparse.Namespace) -> int:
         })
         print(f"{wav.name}: {info['bpm']:g} BPM {info['timesig']}, {seconds:.1f} s, {rms_dbfs:.1f} dBFS, "
               f"rendered in {took:.1f} s {' FLAGS: ' + ' '.join(flags) if flags else ''}", file=sys.stderr)
-    with open(out_dir / "annotations.csv", "w", newline="") as f:
+    write_annotations(out_dir / "annotations.csv", rows)
+    print(f"wrote {out_dir / 'annotations.csv'} ({len(rows)} tracks)", file=sys.stderr)
+    return 0
+
+
+def write_annotations(path: Path, rows: list[dict]) -> None:
+    """One CSV row per track; the columns are those of the first row."""
+    if not rows:
+        raise SystemExit(f"no tracks to write to {path}")
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {out_dir / 'annotations.csv'} ({len(rows)} tracks)", file=sys.stderr)
-    return 0
 
 
 def excerpt(args: argparse.Namespace) -> int:
@@ -292,10 +299,7 @@ def excerpt(args: argparse.Namespace) -> int:
         soundfile.write(dst / "wav" / row["file"], audio, sr, subtype="PCM_16")
         row["seconds"] = f"{len(audio) / sr:.2f}"
         row["notes"] = (row["notes"] + f"; excerpt {args.offset:g}+{args.seconds:g} s").lstrip("; ")
-    with open(dst / "annotations.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_annotations(dst / "annotations.csv", rows)
     print(f"wrote {len(rows)} excerpts to {dst}", file=sys.stderr)
     return 0
 
