@@ -21,7 +21,7 @@ weighted key score (also over tonal loops only), and CPU seconds per minute of a
 
 Usage:
 
-    pip install essentia librosa soundfile
+    pip install essentia librosa soundfile "numba==0.61.2" "numpy<2.3"
     python3 scripts/accuracy_peers.py DIR [--jobs 1] [--limit N] [--csv-out DIR/peers.csv] [--kiln-cpu S]
 
 Essentia (AGPL-3.0) and librosa are test-time oracles only: they are never dependencies of Kiln's

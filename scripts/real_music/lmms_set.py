@@ -12,7 +12,7 @@ at 90. Accuracy2 forgives that octave; Accuracy1 and +-0.5 BPM do not.)
 Two steps:
 
     apt-get install lmms lmms-common      # Debian bookworm: 1.2.2+dfsg1-6
-    pip install essentia librosa soundfile
+    pip install essentia librosa soundfile "numba==0.61.2" "numpy<2.3"
 
     # 1. read every project's tempo, render it to WAV, write DIR/annotations.csv
     python3 scripts/real_music/lmms_set.py render /tmp/lmms-real
