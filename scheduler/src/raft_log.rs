@@ -123,6 +123,27 @@ fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, Error> {
     }
 }
 
+/// How long a restart waits for the previous instance's lock on the database to go away.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled, waiting a little for the file lock. A node stopped in the same process (a restart,
+/// a test) drops its `Db` at once, but after heavy writing sled's background I/O still holds the
+/// files, and their lock, for a moment: opening again right away fails with "could not acquire
+/// lock" (seen in the cluster test that restarts a survivor). A store that really is open
+/// elsewhere is still reported, after `LOCK_WAIT`.
+fn open_db(dir: &Path) -> Result<sled::Db, Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open() {
+            // sled reports the lock as an io::Error of kind Other with this message, nothing more specific.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn decode<M: protobuf::Message>(what: &'static str, bytes: &[u8]) -> Result<M, Error> {
     M::parse_from_bytes(bytes).map_err(|source| Error::Corrupt { what, source })
 }
@@ -135,7 +156,7 @@ impl RaftLog {
     /// Opens (or creates) the storage in `dir`. A fresh store is bootstrapped from `bootstrap`
     /// (a founding member) or left empty (a node that waits to be added to a running cluster).
     pub fn open(dir: &Path, bootstrap: Option<Bootstrap>) -> Result<Self, Error> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let db = open_db(dir)?;
         let log = db.open_tree("log")?;
         let meta = db.open_tree("meta")?;
         let mut hard_state = match meta.get(HARD_STATE)? {
@@ -432,6 +453,29 @@ mod tests {
         assert_eq!(log.hard_state().commit, 3);
         let got = log.entries(2, 4, None, GetEntriesContext::empty(false)).expect("entries");
         assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_store_dropped_in_this_process_can_be_opened_again_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Busy stores are the ones whose background writes outlive the `Db` for a moment.
+        let mut next = 1u64;
+        for _ in 0..5 {
+            let mut log = RaftLog::open(dir.path(), None).expect("a restart must not trip over the old lock");
+            let batch: Vec<Entry> = (next..next + 2000).map(|i| entry(i, 1)).collect();
+            log.append(&batch).expect("append");
+            next += 2000;
+        }
+        assert_eq!(RaftLog::open(dir.path(), None).expect("open").last_index().expect("last"), next - 1);
+    }
+
+    #[test]
+    fn a_store_still_open_is_refused_after_the_lock_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = RaftLog::open(dir.path(), None).expect("open");
+        let started = std::time::Instant::now();
+        assert!(RaftLog::open(dir.path(), None).is_err(), "two owners of one log");
+        assert!(started.elapsed() >= LOCK_WAIT);
     }
 
     #[test]
