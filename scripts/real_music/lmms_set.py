@@ -168,11 +168,46 @@ def hydrogen_info(path: Path) -> dict:
 
 
 HYDROGEN_SONGS = Path("/usr/share/hydrogen/data/demo_songs")
+OPENMSX_SONGS = Path("/usr/share/games/openttd/baseset/openmsx")
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+
+
+def midi_info(path: Path) -> dict:
+    """A standard MIDI file: its tempo from the set_tempo events (120 BPM when there is none, as the
+    MIDI standard says); more than one distinct tempo means tempo changes, flagged and left out."""
+    import mido
+
+    song = mido.MidiFile(path)
+    tempos, signatures = set(), set()
+    for track in song.tracks:
+        for msg in track:
+            if msg.type == "set_tempo":
+                tempos.add(round(mido.tempo2bpm(msg.tempo), 3))
+            elif msg.type == "time_signature":
+                signatures.add(f"{msg.numerator}/{msg.denominator}")
+    flags, notes = [], []
+    if len(tempos) > 1:
+        flags.append("tempo-changes")
+    if not tempos:
+        notes.append("no tempo event: 120 BPM by the MIDI standard")
+    if len(signatures) > 1:
+        notes.append("time signatures " + " ".join(sorted(signatures)))
+    bpm = min(tempos) if tempos else 120.0
+    last_note, now = 0.0, 0.0
+    for msg in song:  # merged tracks, times in seconds at the file's tempo map
+        now += msg.time
+        if msg.type == "note_on" and msg.velocity > 0:
+            last_note = now
+    timesig = sorted(signatures)[0] if len(signatures) == 1 else ("4/4" if not signatures else "mixed")
+    return {"bpm": bpm, "grid_seconds": song.length, "last_note_seconds": last_note, "timesig": timesig,
+            "flags": flags, "notes": notes, "instruments": [], "creator": "midi"}
 
 
 def find_projects(source: str = "lmms") -> list[Path]:
     if source == "hydrogen":
         return sorted(HYDROGEN_SONGS.glob("*.h2song"))
+    if source == "openmsx":
+        return sorted(OPENMSX_SONGS.glob("*.mid"))
     found = []
     for base in PROJECT_ROOTS:
         for folder in SONG_FOLDERS:
@@ -198,10 +233,11 @@ def package_version(package: str) -> str:
 def render(args: argparse.Namespace) -> int:
     import soundfile
 
-    hydrogen = args.source == "hydrogen"
-    program = shutil.which("h2cli" if hydrogen else "lmms")
-    if not program:
-        print("apt-get install " + ("hydrogen" if hydrogen else "lmms lmms-common"), file=sys.stderr)
+    hydrogen, midi = args.source == "hydrogen", args.source == "openmsx"
+    program = shutil.which({"hydrogen": "h2cli", "openmsx": "fluidsynth"}.get(args.source, "lmms"))
+    if not program or (midi and not SOUNDFONT.exists()):
+        print("apt-get install " + {"hydrogen": "hydrogen", "openmsx": "openttd-openmsx fluidsynth fluid-soundfont-gm"}
+              .get(args.source, "lmms lmms-common") + (" (and pip install mido)" if midi else ""), file=sys.stderr)
         return 2
     out_dir: Path = args.dir
     wav_dir = out_dir / "wav"
@@ -211,14 +247,14 @@ def render(args: argparse.Namespace) -> int:
     if not projects:
         print("no demo projects found: is the package installed?", file=sys.stderr)
         return 2
-    package = "hydrogen-data" if hydrogen else "lmms-common"
+    package = {"hydrogen": "hydrogen-data", "openmsx": "openttd-openmsx"}.get(args.source, "lmms-common")
     print(f"{package} {package_version(package)}: {len(projects)} projects", file=sys.stderr)
     rows = []
     for project in projects:
-        bases = [HYDROGEN_SONGS.parent] if hydrogen else PROJECT_ROOTS
+        bases = [HYDROGEN_SONGS.parent] if hydrogen else [OPENMSX_SONGS.parent] if midi else PROJECT_ROOTS
         rel = next(project.relative_to(b) for b in bases if b in project.parents)
         try:
-            info = hydrogen_info(project) if hydrogen else project_info(project)
+            info = hydrogen_info(project) if hydrogen else midi_info(project) if midi else project_info(project)
         except Exception as exc:
             print(f"{project}: unreadable ({exc}); skipped", file=sys.stderr)
             continue
@@ -226,10 +262,13 @@ def render(args: argparse.Namespace) -> int:
         if not (args.keep and wav.exists()):
             started = time.monotonic()
             with open(out_dir / (wav.stem + ".render.log"), "w") as log:
-                command = (
-                    [program, "-s", str(project), "-d", "auto", "-o", str(wav)] if hydrogen
-                    else [program, "--allowroot", "render", str(project), "-f", "wav", "-o", str(wav)]
-                )
+                if hydrogen:
+                    command = [program, "-s", str(project), "-d", "auto", "-o", str(wav)]
+                elif midi:
+                    # -n no MIDI input, -i no shell, -F render to a file as fast as possible
+                    command = [program, "-ni", "-q", "-r", "44100", "-g", "0.6", "-F", str(wav), str(SOUNDFONT), str(project)]
+                else:
+                    command = [program, "--allowroot", "render", str(project), "-f", "wav", "-o", str(wav)]
                 proc = subprocess.run(
                     command,
                     env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout,
@@ -253,7 +292,16 @@ def render(args: argparse.Namespace) -> int:
         # The render must last the arrangement's length at the annotated tempo, plus at most the rest
         # of a bar and a release tail: a check that the renderer really played at that tempo.
         grid = info["grid_seconds"]
-        if not args.seconds and not (grid * 0.999 <= seconds <= grid + 240 / info["bpm"] + 6):
+        if midi:
+            # FluidSynth renders until every voice and the reverb have died away, often 10-25 s of
+            # near-silence: check where the sound ends instead. It must end after the last note starts
+            # (at the file's tempo; 0.5 % slack, as a soft last note can fade under -50 dBFS at
+            # once) and within a bar and a release of the file's end.
+            loud = np.nonzero(np.abs(audio).max(axis=1) > 10 ** (-50 / 20))[0]
+            audible = loud[-1] / sr if len(loud) else 0.0
+            if not args.seconds and not (0.995 * info["last_note_seconds"] <= audible <= grid + 240 / info["bpm"] + 6):
+                flags.append("length-mismatch")
+        elif not args.seconds and not (grid * 0.999 <= seconds <= grid + 240 / info["bpm"] + 6):
             flags.append("length-mismatch")
         rows.append({
             "file": wav.name,
@@ -462,8 +510,9 @@ def main() -> int:
     sub = ap.add_subparsers(dest="step", required=True)
     r = sub.add_parser("render", help="read the projects' tempi, render them, write annotations.csv")
     r.add_argument("dir", type=Path)
-    r.add_argument("--source", choices=("lmms", "hydrogen"), default="lmms",
-                   help="lmms: LMMS demo projects (default); hydrogen: Hydrogen's drum-machine demo songs")
+    r.add_argument("--source", choices=("lmms", "hydrogen", "openmsx"), default="lmms",
+                   help="lmms: LMMS demo projects (default); hydrogen: Hydrogen's drum-machine demo songs; "
+                        "openmsx: the MIDI songs of OpenTTD's OpenMSX music set, played by FluidSynth")
     r.add_argument("--seconds", type=float, default=0, help="keep only the first N seconds (default: whole song)")
     r.add_argument("--timeout", type=float, default=900, help="seconds allowed for one render")
     r.add_argument("--only", help="only projects whose file name contains this")
