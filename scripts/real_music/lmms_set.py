@@ -22,6 +22,9 @@ Two steps:
 
     # Hydrogen's drum-machine demo songs (apt-get install hydrogen), the same way
     python3 scripts/real_music/lmms_set.py render /tmp/h2real --source hydrogen
+    # OpenTTD's OpenMSX MIDI songs played by FluidSynth (apt-get install openttd-openmsx fluidsynth
+    # fluid-soundfont-gm; pip install mido): not dance music, the "other music" check
+    python3 scripts/real_music/lmms_set.py render /tmp/msx --source openmsx
     # Excerpts of a rendered set (here the first 90 s), then score them
     python3 scripts/real_music/lmms_set.py excerpt /tmp/lmms-real /tmp/lmms-real-90 --seconds 90
 
@@ -55,6 +58,8 @@ according to Debian's copyright file): keep it under /tmp, never commit it.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Callable
 import csv
 import os
 import re
@@ -215,6 +220,30 @@ def find_projects(source: str = "lmms") -> list[Path]:
     return found
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where one kind of song comes from and how it is read and rendered."""
+    program: str          # the renderer's executable
+    apt: str              # what to install when it is missing
+    package: str          # the Debian package whose version the render reports
+    base: Path            # song paths are reported relative to this
+    info: Callable[[Path], dict]
+    command: Callable[[str, Path, Path], list[str]]  # (program, song, wav) -> argv
+
+
+SOURCES = {
+    "lmms": Source("lmms", "lmms lmms-common", "lmms-common", PROJECT_ROOTS[0], project_info,
+                   lambda prog, song, wav: [prog, "--allowroot", "render", str(song), "-f", "wav", "-o", str(wav)]),
+    "hydrogen": Source("h2cli", "hydrogen", "hydrogen-data", HYDROGEN_SONGS.parent, hydrogen_info,
+                       lambda prog, song, wav: [prog, "-s", str(song), "-d", "auto", "-o", str(wav)]),
+    # -n no MIDI input, -i no shell, -F render to a file as fast as possible
+    "openmsx": Source("fluidsynth", "openttd-openmsx fluidsynth fluid-soundfont-gm (and pip install mido)",
+                      "openttd-openmsx", OPENMSX_SONGS.parent, midi_info,
+                      lambda prog, song, wav: [prog, "-ni", "-q", "-r", "44100", "-g", "0.6", "-F", str(wav),
+                                               str(SOUNDFONT), str(song)]),
+}
+
+
 def wav_name(project: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", project.stem).strip("_") + ".wav"
 
@@ -233,11 +262,11 @@ def package_version(package: str) -> str:
 def render(args: argparse.Namespace) -> int:
     import soundfile
 
-    hydrogen, midi = args.source == "hydrogen", args.source == "openmsx"
-    program = shutil.which({"hydrogen": "h2cli", "openmsx": "fluidsynth"}.get(args.source, "lmms"))
+    source = SOURCES[args.source]
+    midi = args.source == "openmsx"
+    program = shutil.which(source.program)
     if not program or (midi and not SOUNDFONT.exists()):
-        print("apt-get install " + {"hydrogen": "hydrogen", "openmsx": "openttd-openmsx fluidsynth fluid-soundfont-gm"}
-              .get(args.source, "lmms lmms-common") + (" (and pip install mido)" if midi else ""), file=sys.stderr)
+        print("apt-get install " + source.apt, file=sys.stderr)
         return 2
     out_dir: Path = args.dir
     wav_dir = out_dir / "wav"
@@ -247,14 +276,13 @@ def render(args: argparse.Namespace) -> int:
     if not projects:
         print("no demo projects found: is the package installed?", file=sys.stderr)
         return 2
-    package = {"hydrogen": "hydrogen-data", "openmsx": "openttd-openmsx"}.get(args.source, "lmms-common")
+    package = source.package
     print(f"{package} {package_version(package)}: {len(projects)} projects", file=sys.stderr)
     rows = []
     for project in projects:
-        bases = [HYDROGEN_SONGS.parent] if hydrogen else [OPENMSX_SONGS.parent] if midi else PROJECT_ROOTS
-        rel = next(project.relative_to(b) for b in bases if b in project.parents)
+        rel = project.relative_to(source.base)
         try:
-            info = hydrogen_info(project) if hydrogen else midi_info(project) if midi else project_info(project)
+            info = source.info(project)
         except Exception as exc:
             print(f"{project}: unreadable ({exc}); skipped", file=sys.stderr)
             continue
@@ -262,13 +290,7 @@ def render(args: argparse.Namespace) -> int:
         if not (args.keep and wav.exists()):
             started = time.monotonic()
             with open(out_dir / (wav.stem + ".render.log"), "w") as log:
-                if hydrogen:
-                    command = [program, "-s", str(project), "-d", "auto", "-o", str(wav)]
-                elif midi:
-                    # -n no MIDI input, -i no shell, -F render to a file as fast as possible
-                    command = [program, "-ni", "-q", "-r", "44100", "-g", "0.6", "-F", str(wav), str(SOUNDFONT), str(project)]
-                else:
-                    command = [program, "--allowroot", "render", str(project), "-f", "wav", "-o", str(wav)]
+                command = source.command(program, project, wav)
                 proc = subprocess.run(
                     command,
                     env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout,
@@ -510,7 +532,7 @@ def main() -> int:
     sub = ap.add_subparsers(dest="step", required=True)
     r = sub.add_parser("render", help="read the projects' tempi, render them, write annotations.csv")
     r.add_argument("dir", type=Path)
-    r.add_argument("--source", choices=("lmms", "hydrogen", "openmsx"), default="lmms",
+    r.add_argument("--source", choices=tuple(SOURCES), default="lmms",
                    help="lmms: LMMS demo projects (default); hydrogen: Hydrogen's drum-machine demo songs; "
                         "openmsx: the MIDI songs of OpenTTD's OpenMSX music set, played by FluidSynth")
     r.add_argument("--seconds", type=float, default=0, help="keep only the first N seconds (default: whole song)")
