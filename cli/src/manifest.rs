@@ -63,7 +63,11 @@ pub fn validate(job: &v1::EncodeJob) -> Result<(), String> {
 }
 
 /// Reads every line of the manifest, calling `each` with the line number and the parsed job.
-pub fn read(path: &Path, format: Format, mut each: impl FnMut(usize, Result<v1::EncodeJob, String>)) -> anyhow::Result<()> {
+pub fn read(
+    path: &Path,
+    format: Format,
+    mut each: impl FnMut(usize, Result<v1::EncodeJob, String>),
+) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?;
     match format {
         Format::Jsonl => {
@@ -91,11 +95,16 @@ pub fn read(path: &Path, format: Format, mut each: impl FnMut(usize, Result<v1::
         }
         Format::Csv => {
             let mut reader = csv::ReaderBuilder::new().flexible(false).comment(Some(b'#')).from_reader(file);
-            let headers = reader.headers().with_context(|| format!("{}: cannot read the CSV header", path.display()))?.clone();
+            let headers =
+                reader.headers().with_context(|| format!("{}: cannot read the CSV header", path.display()))?.clone();
             let col = |name: &str| headers.iter().position(|h| h.trim() == name);
             let required = ["request_id", "release_id", "asset_id", "asset_guid", "derivative_assets"];
             if let Some(missing) = required.iter().find(|c| col(c).is_none()) {
-                anyhow::bail!("{}:1: the CSV header has no `{missing}` column (needs {})", path.display(), required.join(","));
+                anyhow::bail!(
+                    "{}:1: the CSV header has no `{missing}` column (needs {})",
+                    path.display(),
+                    required.join(",")
+                );
             }
             let idx = |name: &str| col(name);
             for record in reader.records() {

@@ -169,7 +169,9 @@ impl Harness {
             let views = addresses.iter().map(|a| self.view(a)).collect::<Vec<_>>();
             let agreed = views.iter().all(|v| {
                 v.as_ref().is_some_and(|v| {
-                    views[0].as_ref().is_some_and(|f| (v.applied_index, v.ledger_digest) == (f.applied_index, f.ledger_digest))
+                    views[0]
+                        .as_ref()
+                        .is_some_and(|f| (v.applied_index, v.ledger_digest) == (f.applied_index, f.ledger_digest))
                 })
             });
             if agreed || Instant::now() > deadline {
@@ -179,12 +181,20 @@ impl Harness {
         };
         let summary: Vec<String> = views
             .iter()
-            .map(|v| v.as_ref().map_or("unreachable".into(), |v| format!("node {} applied {} digest {:016x}", v.node_id, v.applied_index, v.ledger_digest)))
+            .map(|v| {
+                v.as_ref().map_or("unreachable".into(), |v| {
+                    format!("node {} applied {} digest {:016x}", v.node_id, v.applied_index, v.ledger_digest)
+                })
+            })
             .collect();
         let first = views[0].clone().unwrap_or_default();
         for v in &views {
             let v = v.clone().unwrap_or_default();
-            assert_eq!((v.applied_index, v.ledger_digest), (first.applied_index, first.ledger_digest), "ledgers differ: {summary:?}");
+            assert_eq!(
+                (v.applied_index, v.ledger_digest),
+                (first.applied_index, first.ledger_digest),
+                "ledgers differ: {summary:?}"
+            );
         }
         assert_eq!(views.len(), live.len());
 
@@ -339,7 +349,8 @@ fn a_node_is_replaced_with_cluster_add_and_remove() {
     let out = run(&kiln(), &["--scheduler", &h.cluster.addresses()[1..].join(","), "--output", "json", "cluster"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cluster json");
-    let members: Vec<u64> = view["members"].as_array().expect("members").iter().filter_map(|m| m["id"].as_u64()).collect();
+    let members: Vec<u64> =
+        view["members"].as_array().expect("members").iter().filter_map(|m| m["id"].as_u64()).collect();
     assert_eq!(members, vec![2, 3, 4], "{view}");
     assert!(view["members"].as_array().expect("members").iter().all(|m| m["reachable"] == true), "{view}");
     h.audit(&[2, 3, 4]);

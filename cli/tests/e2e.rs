@@ -15,7 +15,8 @@ fn kiln_json(scheduler: &str, args: &[&str]) -> Value {
     full.extend_from_slice(args);
     let out = run(&kiln(), &full);
     assert!(out.status.success(), "kiln {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("kiln {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kiln {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn status(scheduler: &str) -> Option<Value> {
@@ -25,7 +26,9 @@ fn status(scheduler: &str) -> Option<Value> {
 
 fn finished(s: &Value) -> u64 {
     let t = &s["total"];
-    t["succeeded"].as_u64().unwrap_or(0) + t["dead_lettered"].as_u64().unwrap_or(0) + t["cancelled"].as_u64().unwrap_or(0)
+    t["succeeded"].as_u64().unwrap_or(0)
+        + t["dead_lettered"].as_u64().unwrap_or(0)
+        + t["cancelled"].as_u64().unwrap_or(0)
 }
 
 struct Cluster {
@@ -104,7 +107,8 @@ fn kill9_of_worker_and_scheduler_loses_nothing() {
     for i in 0..200usize {
         let guid = format!("track-{i:03}.wav");
         if corrupt.contains(&i) {
-            std::fs::write(masters.join(&guid), b"RIFF\x10\x00\x00\x00WAVEthis is not audio at all").expect("write corrupt");
+            std::fs::write(masters.join(&guid), b"RIFF\x10\x00\x00\x00WAVEthis is not audio at all")
+                .expect("write corrupt");
         } else {
             std::fs::hard_link(&sources[i % sources.len()], masters.join(&guid)).expect("link");
         }
@@ -130,12 +134,16 @@ fn kill9_of_worker_and_scheduler_loses_nothing() {
     // Kill a worker mid-run, then the scheduler, then bring both back.
     wait_for("some completions", Duration::from_secs(60), || status(&c.grpc).is_some_and(|s| finished(&s) >= 20));
     c.workers[0].kill9();
-    wait_for("progress without worker-0", Duration::from_secs(60), || status(&c.grpc).is_some_and(|s| finished(&s) >= 60));
+    wait_for("progress without worker-0", Duration::from_secs(60), || {
+        status(&c.grpc).is_some_and(|s| finished(&s) >= 60)
+    });
     c.scheduler.kill9();
     std::thread::sleep(Duration::from_millis(500));
     c.scheduler.restart();
     c.workers[0].restart();
-    wait_for("all 200 tasks to finish", Duration::from_secs(180), || status(&c.grpc).is_some_and(|s| finished(&s) == 200));
+    wait_for("all 200 tasks to finish", Duration::from_secs(180), || {
+        status(&c.grpc).is_some_and(|s| finished(&s) == 200)
+    });
 
     let s = status(&c.grpc).expect("status");
     assert_eq!(s["submitted_total"], 200);
@@ -150,7 +158,8 @@ fn kill9_of_worker_and_scheduler_loses_nothing() {
     for t in tasks {
         let id = t["id"].as_u64().expect("id");
         let detail = kiln_json(&c.grpc, &["task", &id.to_string()]);
-        let successes = detail["history"].as_array().expect("history").iter().filter(|h| h["kind"] == "succeeded").count();
+        let successes =
+            detail["history"].as_array().expect("history").iter().filter(|h| h["kind"] == "succeeded").count();
         let guid = detail["asset_guid"].as_str().expect("guid").to_owned();
         let asset: usize = detail["asset_id"].as_u64().expect("asset id") as usize;
         if corrupt.contains(&asset) {
@@ -189,14 +198,28 @@ fn run_renders_a_folder_and_refuses_empty_or_missing_ones() {
     std::fs::write(masters.join("broken.wav"), b"definitely not a wav").expect("broken");
     let out_dir = data.path().join("out");
 
-    let out = run(&kiln(), &["--output", "json", "run", masters.to_str().expect("utf-8"), "--out", out_dir.to_str().expect("utf-8"), "--renderers", "loudness,waveform"]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let out = run(
+        &kiln(),
+        &[
+            "--output",
+            "json",
+            "run",
+            masters.to_str().expect("utf-8"),
+            "--out",
+            out_dir.to_str().expect("utf-8"),
+            "--renderers",
+            "loudness,waveform",
+        ],
+    );
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert!(!out.status.success(), "a failed master must make the run exit non-zero");
     assert_eq!(report["succeeded"], 2, "{report}");
     assert_eq!(report["failed"], 1, "{report}");
     assert!(out_dir.join("one.wav/manifest.json").exists());
     assert!(out_dir.join("album/two.wav/manifest.json").exists());
-    let one = report["tasks"].as_array().expect("tasks").iter().find(|t| t["file"] == "one.wav").expect("one.wav").clone();
+    let one =
+        report["tasks"].as_array().expect("tasks").iter().find(|t| t["file"] == "one.wav").expect("one.wav").clone();
     let lufs = one["metadata"]["loudness"]["integrated_lufs"].as_f64().expect("lufs");
     // A 0.5-peak sine is -6 dBFS peak, -9 dBFS RMS; a mono master is measured as dual mono
     // (played on both speakers, EBU Tech 3344), +3 dB: about -6.7 LUFS at 440 Hz.
@@ -206,12 +229,20 @@ fn run_renders_a_folder_and_refuses_empty_or_missing_ones() {
     std::fs::create_dir_all(&empty).expect("mkdir");
     let out = run(&kiln(), &["run", empty.to_str().expect("utf-8"), "--out", out_dir.to_str().expect("utf-8")]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no masters found"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no masters found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let missing = data.path().join("nope");
     let out = run(&kiln(), &["run", missing.to_str().expect("utf-8"), "--out", out_dir.to_str().expect("utf-8")]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -224,7 +255,16 @@ fn bad_manifest_line_admits_nothing() {
     )
     .expect("write");
     let port = free_port();
-    let out = run(&kiln(), &["--scheduler", &format!("http://127.0.0.1:{port}"), "submit", "--manifest", manifest.to_str().expect("utf-8")]);
+    let out = run(
+        &kiln(),
+        &[
+            "--scheduler",
+            &format!("http://127.0.0.1:{port}"),
+            "submit",
+            "--manifest",
+            manifest.to_str().expect("utf-8"),
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("jobs.csv:3:") && err.contains("nothing was submitted"), "{err}");
@@ -234,14 +274,18 @@ fn bad_manifest_line_admits_nothing() {
 fn demo_renders_known_answers_on_a_fresh_machine() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("demo");
-    let run_out = run(&kiln(), &["--output", "json", "demo", "--out", out.to_str().expect("utf-8"), "--seconds", "15", "--slots", "2"]);
+    let run_out = run(
+        &kiln(),
+        &["--output", "json", "demo", "--out", out.to_str().expect("utf-8"), "--seconds", "15", "--slots", "2"],
+    );
     assert!(run_out.status.success(), "demo failed: {}", String::from_utf8_lossy(&run_out.stderr));
     let report: Value = serde_json::from_slice(&run_out.stdout).expect("json");
     let masters = report["masters"].as_array().expect("masters");
     assert_eq!(masters.len(), 5);
     for m in masters {
         assert_eq!(m["state"], "succeeded", "{m}");
-        let (expected, detected) = (m["expected"]["bpm"].as_f64().expect("bpm"), m["detected"]["bpm"].as_f64().expect("detected bpm"));
+        let (expected, detected) =
+            (m["expected"]["bpm"].as_f64().expect("bpm"), m["detected"]["bpm"].as_f64().expect("detected bpm"));
         assert!((expected - detected).abs() <= 0.5, "{m}");
         assert!(m["detected"]["key"].as_str().is_some_and(|k| k.ends_with(" major") || k.ends_with(" minor")), "{m}");
         let folder = PathBuf::from(m["outputs"].as_str().expect("outputs"));
@@ -272,7 +316,8 @@ fn analyze_writes_csv_with_file_bpm_key_first() {
     assert!(row[2].ends_with(" minor") || row[2].ends_with(" major"), "{text}");
 
     // A file that is not audio: the others are still reported, the exit status says one failed.
-    let out = run(&kiln(), &["analyze", "--format", "json", wav.to_str().expect("utf-8"), garbage.to_str().expect("utf-8")]);
+    let out =
+        run(&kiln(), &["analyze", "--format", "json", wav.to_str().expect("utf-8"), garbage.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(rows.as_array().map(Vec::len), Some(2));
@@ -292,7 +337,11 @@ fn a_manifest_of_many_batches_is_admitted_concurrently_and_resubmitting_admits_n
     let manifest = dir.path().join("big.jsonl");
     std::fs::write(&manifest, lines).expect("manifest");
     let first = kiln_json(&grpc, &["submit", "--manifest", manifest.to_str().expect("utf-8")]);
-    assert_eq!((first["submitted"].as_u64(), first["created"].as_u64(), first["existing"].as_u64()), (Some(n), Some(n), Some(0)), "{first}");
+    assert_eq!(
+        (first["submitted"].as_u64(), first["created"].as_u64(), first["existing"].as_u64()),
+        (Some(n), Some(n), Some(0)),
+        "{first}"
+    );
     assert_eq!((first["first_task_id"].as_u64(), first["last_task_id"].as_u64()), (Some(1), Some(n)), "{first}");
     let again = kiln_json(&grpc, &["submit", "--manifest", manifest.to_str().expect("utf-8")]);
     assert_eq!((again["created"].as_u64(), again["existing"].as_u64()), (Some(0), Some(n)), "{again}");
@@ -360,7 +409,8 @@ fn a_manifest_at_a_url_is_downloaded_validated_and_admitted() {
 
     let admitted = kiln_json(&grpc, &["submit", "--manifest", &url, "--skip-invalid"]);
     assert_eq!((admitted["created"].as_u64(), admitted["invalid"].as_u64()), (Some(2500), Some(1)), "{admitted}");
-    let missing = run(&kiln(), &["--scheduler", &grpc, "submit", "--manifest", &format!("http://127.0.0.1:{port}/nope.jsonl")]);
+    let missing =
+        run(&kiln(), &["--scheduler", &grpc, "submit", "--manifest", &format!("http://127.0.0.1:{port}/nope.jsonl")]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot download the manifest"), "{missing:?}");
     scheduler.terminate(Duration::from_secs(10));
 }

@@ -35,17 +35,14 @@ pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
         if !matches!(section.as_str(), "scheduler" | "worker") {
             continue;
         }
-        let table = tree
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| Error::Env { var: var.clone(), message: "the file defines this section as a value".into() })?;
+        let table =
+            tree.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().ok_or_else(
+                || Error::Env { var: var.clone(), message: "the file defines this section as a value".into() },
+            )?;
         table.insert(key, env_value(&value));
     }
     let path = file.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<defaults and environment>"));
-    toml::Value::Table(tree)
-        .try_into::<Options>()
-        .map_err(|e| Error::Parse { path, message: e.to_string() })
+    toml::Value::Table(tree).try_into::<Options>().map_err(|e| Error::Parse { path, message: e.to_string() })
 }
 
 /// Environment values are TOML literals when they parse as one (numbers, booleans, arrays), and

@@ -53,7 +53,8 @@ fn life_cycle(c: &mut Criterion) {
                 }
                 let mut now = 2;
                 loop {
-                    let Ok(Outcome::Leased(leases)) = l.apply(Command::Lease { worker: worker.clone(), max: 64 }, now).outcome
+                    let Ok(Outcome::Leased(leases)) =
+                        l.apply(Command::Lease { worker: worker.clone(), max: 64 }, now).outcome
                     else {
                         break;
                     };
@@ -62,7 +63,15 @@ fn life_cycle(c: &mut Criterion) {
                     }
                     for lease in leases {
                         let result = TaskResult::default();
-                        l.apply(Command::Complete { task: lease.task, lease_seq: lease.lease_seq, worker: worker.clone(), result }, now);
+                        l.apply(
+                            Command::Complete {
+                                task: lease.task,
+                                lease_seq: lease.lease_seq,
+                                worker: worker.clone(),
+                                result,
+                            },
+                            now,
+                        );
                     }
                     now += 1;
                 }

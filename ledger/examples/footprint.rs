@@ -24,8 +24,10 @@ fn rss_mib() -> (f64, f64) {
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let renderers: RendererSet =
-        ["bpm", "key", "loudness", "waveform", "aac128"].into_iter().filter_map(|r| RendererName::new(r).ok()).collect();
+    let renderers: RendererSet = ["bpm", "key", "loudness", "waveform", "aac128"]
+        .into_iter()
+        .filter_map(|r| RendererName::new(r).ok())
+        .collect();
     let mut ledger = Ledger::new(LedgerConfig { max_live_tasks: n as u64 + 1, ..LedgerConfig::default() });
     println!(
         "sizes: Task {} B, EncodeJob {} B, HistoryEvent {} B",

@@ -34,40 +34,82 @@ pub struct DeadLetterFilter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Admit jobs. Idempotent per `request_id`. All-or-nothing against the live-task limit.
-    Submit { jobs: Vec<EncodeJob> },
+    Submit {
+        jobs: Vec<EncodeJob>,
+    },
     /// A worker opened a session (or reconnected). Re-registering updates the record.
-    RegisterWorker { spec: WorkerSpec },
+    RegisterWorker {
+        spec: WorkerSpec,
+    },
     /// A worker's session ended. Its leases stay until they expire or it reconnects.
-    DisconnectWorker { worker: WorkerId },
+    DisconnectWorker {
+        worker: WorkerId,
+    },
     /// Stop leasing to this worker (SIGTERM drain).
-    DrainWorker { worker: WorkerId },
+    DrainWorker {
+        worker: WorkerId,
+    },
     /// Lease up to `max` ready tasks from the worker's queues: highest priority first, then FIFO.
-    Lease { worker: WorkerId, max: u32 },
+    Lease {
+        worker: WorkerId,
+        max: u32,
+    },
     /// Work stealing: lease these tasks, held by other workers and not started there, to the idle
     /// `thief`. Chosen by [`crate::Ledger::steal_plan`]; each is re-checked here (still held
     /// under that lease, never stolen before, in one of the thief's queues) and skipped if not.
     /// The previous holder gets a `Revoke`; if it had started anyway, the first completion counts.
-    Steal { thief: WorkerId, tasks: Vec<(TaskId, u32)> },
+    Steal {
+        thief: WorkerId,
+        tasks: Vec<(TaskId, u32)>,
+    },
     /// Extend every lease the worker holds to `now + lease_ttl` (coalesced heartbeats).
-    Renew { worker: WorkerId },
-    Complete { task: TaskId, lease_seq: u32, worker: WorkerId, result: TaskResult },
-    Fail { task: TaskId, lease_seq: u32, worker: WorkerId, error: String, permanent: bool },
+    Renew {
+        worker: WorkerId,
+    },
+    Complete {
+        task: TaskId,
+        lease_seq: u32,
+        worker: WorkerId,
+        result: TaskResult,
+    },
+    Fail {
+        task: TaskId,
+        lease_seq: u32,
+        worker: WorkerId,
+        error: String,
+        permanent: bool,
+    },
     /// Give leases back without counting an attempt (drain, unstarted prefetch).
-    Release { worker: WorkerId, leases: Vec<(TaskId, u32)>, reason: String },
+    Release {
+        worker: WorkerId,
+        leases: Vec<(TaskId, u32)>,
+        reason: String,
+    },
     /// Expire every lease whose deadline is at or before `now`; each counts as a failed attempt.
     ExpireLeases,
     /// After a leader change: no live lease may expire before `now + grace_ms`.
-    GraceLeases { grace_ms: i64 },
-    Cancel { task: TaskId },
-    RequeueDeadLetters { filter: DeadLetterFilter },
-    PurgeDeadLetters { filter: DeadLetterFilter },
+    GraceLeases {
+        grace_ms: i64,
+    },
+    Cancel {
+        task: TaskId,
+    },
+    RequeueDeadLetters {
+        filter: DeadLetterFilter,
+    },
+    PurgeDeadLetters {
+        filter: DeadLetterFilter,
+    },
     /// Drop terminal tasks older than the GC TTL, keeping their counts.
     CollectGarbage,
     /// The tail of a batch: lease a backup copy of these tasks, which slower workers are still
     /// rendering, to the idle `thief`. Chosen by [`crate::Ledger::backup_plan`] and re-checked like
     /// a `Steal`; the previous holder keeps rendering (it is not told), and whichever completion
     /// comes first counts. A task is copied at most once, and never stolen after that.
-    Backup { thief: WorkerId, tasks: Vec<(TaskId, u32)> },
+    Backup {
+        thief: WorkerId,
+        tasks: Vec<(TaskId, u32)>,
+    },
 }
 
 /// Why a command was refused. Deterministic: every replica refuses the same command the same way.
@@ -112,7 +154,9 @@ pub enum Outcome {
     Submitted(Vec<SubmitOutcome>),
     Leased(Vec<Lease>),
     /// Complete / Fail / Release: `accepted` is false for a stale lease (ignored, changes nothing).
-    Reported { accepted: bool },
+    Reported {
+        accepted: bool,
+    },
     /// Requeue, purge, expire, GC, renew: how many tasks were affected.
     Count(u64),
     Done,

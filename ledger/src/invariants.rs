@@ -15,10 +15,7 @@ pub(crate) fn check(ledger: &Ledger) -> Result<(), String> {
     // Nothing is lost: every task ever admitted is either held or counted as collected.
     let held = tasks.len() as u64;
     if held + collected.all() != submitted_total {
-        return Err(format!(
-            "lost tasks: {submitted_total} submitted, {held} held + {} collected",
-            collected.all()
-        ));
+        return Err(format!("lost tasks: {submitted_total} submitted, {held} held + {} collected", collected.all()));
     }
     if collected.queued + collected.leased != 0 {
         return Err("a task was collected before it finished".into());

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use kiln_types::{EncodeJob, QueueName, RequestId, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Applied, Command, DeadLetterFilter, Effect, Lease, Outcome, Rejection, SubmitOutcome, WorkerSpec};
+use crate::command::{
+    Applied, Command, DeadLetterFilter, Effect, Lease, Outcome, Rejection, SubmitOutcome, WorkerSpec,
+};
 use crate::task::{EventKind, HistoryEvent, Task, TaskResult, TaskState};
 use crate::Millis;
 
@@ -318,11 +320,15 @@ impl Ledger {
             Command::Steal { thief, tasks } => self.steal(&thief, &tasks, Taking::Unstarted, now, &mut effects),
             Command::Backup { thief, tasks } => self.steal(&thief, &tasks, Taking::BackupCopy, now, &mut effects),
             Command::Renew { worker } => Ok(self.renew(&worker, now)),
-            Command::Complete { task, lease_seq, worker, result } => Ok(self.complete(task, lease_seq, &worker, result, now, &mut effects)),
+            Command::Complete { task, lease_seq, worker, result } => {
+                Ok(self.complete(task, lease_seq, &worker, result, now, &mut effects))
+            }
             Command::Fail { task, lease_seq, worker, error, permanent } => {
                 Ok(self.fail(task, lease_seq, &worker, error, permanent, now))
             }
-            Command::Release { worker, leases, reason } => Ok(self.release(&worker, &leases, &reason, now, &mut effects)),
+            Command::Release { worker, leases, reason } => {
+                Ok(self.release(&worker, &leases, &reason, now, &mut effects))
+            }
             Command::ExpireLeases => Ok(self.expire(now, &mut effects)),
             Command::GraceLeases { grace_ms } => Ok(self.grace(now.saturating_add(grace_ms))),
             Command::Cancel { task } => self.cancel(task, now, &mut effects),
@@ -541,7 +547,12 @@ impl Ledger {
         Outcome::Done
     }
 
-    fn with_worker(&mut self, worker: &WorkerId, now: Millis, f: impl FnOnce(&mut WorkerRecord)) -> Result<Outcome, Rejection> {
+    fn with_worker(
+        &mut self,
+        worker: &WorkerId,
+        now: Millis,
+        f: impl FnOnce(&mut WorkerRecord),
+    ) -> Result<Outcome, Rejection> {
         let record = self.workers.get_mut(worker).ok_or_else(|| Rejection::UnknownWorker(worker.clone()))?;
         record.last_seen = now;
         f(record);
@@ -586,7 +597,14 @@ impl Ledger {
         Ok(Outcome::Leased(leases))
     }
 
-    fn steal(&mut self, thief: &WorkerId, tasks: &[(TaskId, u32)], taking: Taking, now: Millis, effects: &mut Vec<Effect>) -> Result<Outcome, Rejection> {
+    fn steal(
+        &mut self,
+        thief: &WorkerId,
+        tasks: &[(TaskId, u32)],
+        taking: Taking,
+        now: Millis,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Outcome, Rejection> {
         let record = self.workers.get(thief).ok_or_else(|| Rejection::UnknownWorker(thief.clone()))?;
         if !record.connected || record.draining {
             return Ok(Outcome::Leased(Vec::new()));
@@ -596,11 +614,12 @@ impl Ledger {
         let mut leases = Vec::new();
         for (id, seq) in tasks {
             let victim = match self.tasks.get(id) {
-                Some(t) if t.state == TaskState::Leased
-                    && t.lease_seq == *seq
-                    && t.stolen_from.is_none()
-                    && t.worker.as_ref().is_some_and(|w| w != thief)
-                    && queues.contains(&t.job.queue) =>
+                Some(t)
+                    if t.state == TaskState::Leased
+                        && t.lease_seq == *seq
+                        && t.stolen_from.is_none()
+                        && t.worker.as_ref().is_some_and(|w| w != thief)
+                        && queues.contains(&t.job.queue) =>
                 {
                     t.worker.clone()
                 }
@@ -625,7 +644,12 @@ impl Ledger {
             };
             self.record(*id, now, EventKind::Stolen, Some(thief.clone()), detail);
             if taking == Taking::Unstarted {
-                effects.push(Effect::Revoke { worker: victim.clone(), task: *id, lease_seq: *seq, reason: format!("stolen by idle worker {thief}") });
+                effects.push(Effect::Revoke {
+                    worker: victim.clone(),
+                    task: *id,
+                    lease_seq: *seq,
+                    reason: format!("stolen by idle worker {thief}"),
+                });
             }
             if let Some(v) = self.workers.get_mut(&victim) {
                 v.stolen_from += 1;
@@ -662,7 +686,15 @@ impl Ledger {
         })
     }
 
-    fn complete(&mut self, id: TaskId, lease_seq: u32, worker: &WorkerId, result: TaskResult, now: Millis, effects: &mut Vec<Effect>) -> Outcome {
+    fn complete(
+        &mut self,
+        id: TaskId,
+        lease_seq: u32,
+        worker: &WorkerId,
+        result: TaskResult,
+        now: Millis,
+        effects: &mut Vec<Effect>,
+    ) -> Outcome {
         // A completion for the latest lease is accepted even if that lease lapsed meanwhile and
         // the task went back to the queue: nobody else holds it, and the work is done. Anything
         // older, or for a finished task, is stale and changes nothing.
@@ -674,14 +706,20 @@ impl Ledger {
         // The victim of a steal that had started the task anyway: the first completion counts,
         // and the thief is told to drop its copy.
         let stolen = self.tasks.get(&id).and_then(|t| {
-            let from_victim = t.state == TaskState::Leased && t.stolen_from.as_ref().is_some_and(|(w, s)| w == worker && *s == lease_seq);
+            let from_victim = t.state == TaskState::Leased
+                && t.stolen_from.as_ref().is_some_and(|(w, s)| w == worker && *s == lease_seq);
             from_victim.then(|| (t.worker.clone(), t.lease_seq))
         });
         if !acceptable && stolen.is_none() {
             return Outcome::Reported { accepted: false };
         }
         if let Some((Some(thief), thief_seq)) = &stolen {
-            effects.push(Effect::Revoke { worker: thief.clone(), task: id, lease_seq: *thief_seq, reason: format!("completed first by {worker}") });
+            effects.push(Effect::Revoke {
+                worker: thief.clone(),
+                task: id,
+                lease_seq: *thief_seq,
+                reason: format!("completed first by {worker}"),
+            });
         }
         let late = self.tasks.get(&id).is_some_and(|t| t.state == TaskState::Queued);
         self.transition(id, |t| {
@@ -707,7 +745,15 @@ impl Ledger {
         Outcome::Reported { accepted: true }
     }
 
-    fn fail(&mut self, id: TaskId, lease_seq: u32, worker: &WorkerId, error: String, permanent: bool, now: Millis) -> Outcome {
+    fn fail(
+        &mut self,
+        id: TaskId,
+        lease_seq: u32,
+        worker: &WorkerId,
+        error: String,
+        permanent: bool,
+        now: Millis,
+    ) -> Outcome {
         if !self.is_current(id, lease_seq, worker) {
             return Outcome::Reported { accepted: false };
         }
@@ -722,7 +768,16 @@ impl Ledger {
 
     /// Counts a failed attempt and either schedules a retry (after a backoff unless
     /// `retry_now`) or dead-letters the task.
-    fn failed_attempt(&mut self, id: TaskId, now: Millis, kind: EventKind, worker: Option<WorkerId>, error: String, permanent: bool, retry_now: bool) {
+    fn failed_attempt(
+        &mut self,
+        id: TaskId,
+        now: Millis,
+        kind: EventKind,
+        worker: Option<WorkerId>,
+        error: String,
+        permanent: bool,
+        retry_now: bool,
+    ) {
         let Some(attempts) = self.transition(id, |t| {
             t.attempts += 1;
             t.last_error = Some(error.clone());
@@ -751,7 +806,14 @@ impl Ledger {
         }
     }
 
-    fn release(&mut self, worker: &WorkerId, leases: &[(TaskId, u32)], reason: &str, now: Millis, effects: &mut Vec<Effect>) -> Outcome {
+    fn release(
+        &mut self,
+        worker: &WorkerId,
+        leases: &[(TaskId, u32)],
+        reason: &str,
+        now: Millis,
+        effects: &mut Vec<Effect>,
+    ) -> Outcome {
         let mut queues = BTreeSet::new();
         for (id, seq) in leases {
             if !self.is_current(*id, *seq, worker) {
@@ -946,7 +1008,10 @@ impl Ledger {
 
     /// Leases `worker` holds now.
     pub fn leases_of(&self, worker: &WorkerId) -> Vec<&Task> {
-        self.ix.by_worker.get(worker).map_or_else(Vec::new, |ids| ids.iter().filter_map(|id| self.tasks.get(id).map(Box::as_ref)).collect())
+        self.ix
+            .by_worker
+            .get(worker)
+            .map_or_else(Vec::new, |ids| ids.iter().filter_map(|id| self.tasks.get(id).map(Box::as_ref)).collect())
     }
 
     /// Completions and failures over the minute before `now`.
@@ -984,7 +1049,9 @@ impl Ledger {
             let stealable: Vec<(TaskId, u32)> = held
                 .iter()
                 .filter_map(|t| self.tasks.get(t))
-                .filter(|t| t.stolen_from.is_none() && me.spec.queues.contains(&t.job.queue) && !started(t.id, t.lease_seq))
+                .filter(|t| {
+                    t.stolen_from.is_none() && me.spec.queues.contains(&t.job.queue) && !started(t.id, t.lease_seq)
+                })
                 .map(|t| (t.id, t.lease_seq))
                 .collect();
             if !stealable.is_empty() {
@@ -994,10 +1061,9 @@ impl Ledger {
         let mut plan = Vec::new();
         while plan.len() < max as usize {
             // Deepest buffer first: most unstarted tasks per slot; ties by worker id.
-            let deepest = victims
-                .iter_mut()
-                .filter(|(_, _, s)| !s.is_empty())
-                .max_by(|(sa, ia, a), (sb, ib, b)| ((a.len() as u64) * sb).cmp(&((b.len() as u64) * sa)).then_with(|| ib.cmp(ia)));
+            let deepest = victims.iter_mut().filter(|(_, _, s)| !s.is_empty()).max_by(|(sa, ia, a), (sb, ib, b)| {
+                ((a.len() as u64) * sb).cmp(&((b.len() as u64) * sa)).then_with(|| ib.cmp(ia))
+            });
             let Some((_, _, stealable)) = deepest else { break };
             if let Some(task) = stealable.pop() {
                 plan.push(task);
@@ -1139,7 +1205,9 @@ impl Ledger {
     }
 
     // For the invariant checker.
-    pub(crate) fn parts(&self) -> (&BTreeMap<TaskId, Box<Task>>, &BTreeMap<WorkerId, WorkerRecord>, &Indexes, StateCounts, u64) {
+    pub(crate) fn parts(
+        &self,
+    ) -> (&BTreeMap<TaskId, Box<Task>>, &BTreeMap<WorkerId, WorkerRecord>, &Indexes, StateCounts, u64) {
         (&self.tasks, &self.workers, &self.ix, self.collected, self.submitted_total)
     }
 
@@ -1147,7 +1215,6 @@ impl Ledger {
         Indexes::build(&self.tasks)
     }
 }
-
 
 impl PartialEq for Ledger {
     /// Two ledgers are equal when their records are; indexes follow from the records.

@@ -140,7 +140,12 @@ impl Task {
     pub fn event_detail(&self, event: &HistoryEvent) -> String {
         if event.kind == EventKind::Submitted && event.detail.is_empty() {
             let renderers: Vec<&str> = self.job.derivative_assets.iter().map(|r| r.as_str()).collect();
-            return format!("queue {} priority {} renderers {}", self.job.queue, self.job.priority, renderers.join(","));
+            return format!(
+                "queue {} priority {} renderers {}",
+                self.job.queue,
+                self.job.priority,
+                renderers.join(",")
+            );
         }
         event.detail.clone()
     }

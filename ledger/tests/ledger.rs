@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use kiln_ledger::{
-    Command, DeadLetterFilter, Effect, EventKind, Lease, Ledger, LedgerConfig, Outcome, Rejection, TaskFilter, TaskResult,
-    TaskState, WorkerSpec,
+    Command, DeadLetterFilter, Effect, EventKind, Lease, Ledger, LedgerConfig, Outcome, Rejection, TaskFilter,
+    TaskResult, TaskState, WorkerSpec,
 };
 use kiln_types::{AssetGuid, EncodeJob, QueueName, RendererName, RequestId, TaskId, WorkerId};
 use proptest::prelude::*;
@@ -97,11 +97,21 @@ fn report(l: &mut Ledger, cmd: Command, now: i64) -> bool {
 }
 
 fn complete(l: &mut Ledger, lease: &Lease, worker: &str, now: i64) -> bool {
-    report(l, Command::Complete { task: lease.task, lease_seq: lease.lease_seq, worker: wid(worker), result: result() }, now)
+    report(
+        l,
+        Command::Complete { task: lease.task, lease_seq: lease.lease_seq, worker: wid(worker), result: result() },
+        now,
+    )
 }
 
 fn fail(l: &mut Ledger, lease: &Lease, worker: &str, permanent: bool, now: i64) -> bool {
-    let cmd = Command::Fail { task: lease.task, lease_seq: lease.lease_seq, worker: wid(worker), error: "boom".into(), permanent };
+    let cmd = Command::Fail {
+        task: lease.task,
+        lease_seq: lease.lease_seq,
+        worker: wid(worker),
+        error: "boom".into(),
+        permanent,
+    };
     report(l, cmd, now)
 }
 
@@ -151,7 +161,13 @@ fn priority_first_then_fifo_and_only_the_workers_queues() {
     ok(&mut l, Command::RegisterWorker { spec: spec("w", &["default", "urgent"]) }, 0);
     let ids = submit(
         &mut l,
-        vec![job_in(1, "default", 0), job_in(2, "default", 5), job_in(3, "other", 9), job_in(4, "urgent", 5), job_in(5, "default", 0)],
+        vec![
+            job_in(1, "default", 0),
+            job_in(2, "default", 5),
+            job_in(3, "other", 9),
+            job_in(4, "urgent", 5),
+            job_in(5, "default", 0),
+        ],
         0,
     );
     let order: Vec<TaskId> = lease(&mut l, "w", 10, 1).into_iter().map(|x| x.task).collect();
@@ -456,7 +472,10 @@ fn a_worker_twice_as_fast_backs_up_the_longest_running_task_and_the_holder_keeps
     let late_start = |t: TaskId, _: u32| Some(if t == held[0].task { 2_500 } else { 600 });
     assert_eq!(l.backup_plan(&wid("fast"), 2, 3_000, 1_000, &late_start), vec![(held[1].task, held[1].lease_seq)]);
     assert!(l.backup_plan(&wid("mid"), 2, 3_000, 1_000, &started).is_empty(), "1.5× is not fast enough to gain");
-    assert!(l.backup_plan(&wid("fast"), 2, 3_000, 1_000, &|_, _| None).is_empty(), "unstarted tasks are stolen, not copied");
+    assert!(
+        l.backup_plan(&wid("fast"), 2, 3_000, 1_000, &|_, _| None).is_empty(),
+        "unstarted tasks are stolen, not copied"
+    );
 
     let (copies, effects) = backup(&mut l, "fast", plan[..1].to_vec(), 3_000);
     assert_eq!(copies.len(), 1);
@@ -481,14 +500,23 @@ fn a_worker_twice_as_fast_backs_up_the_longest_running_task_and_the_holder_keeps
 fn when_the_slow_holder_finishes_first_its_completion_counts_and_the_copy_is_revoked() {
     let (mut l, held) = slow_renders_two();
     let (copies, _) = backup(&mut l, "fast", vec![(held[1].task, held[1].lease_seq)], 3_000);
-    let (accepted, effects) = match apply(&mut l, Command::Complete { task: held[1].task, lease_seq: held[1].lease_seq, worker: wid("slow"), result: result() }, 3_100) {
+    let (accepted, effects) = match apply(
+        &mut l,
+        Command::Complete { task: held[1].task, lease_seq: held[1].lease_seq, worker: wid("slow"), result: result() },
+        3_100,
+    ) {
         (Ok(Outcome::Reported { accepted }), effects) => (accepted, effects),
         other => panic!("complete: {other:?}"),
     };
     assert!(accepted);
-    assert!(effects.iter().any(|e| matches!(e, Effect::Revoke { worker, task, .. } if *worker == wid("fast") && *task == held[1].task)));
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Revoke { worker, task, .. } if *worker == wid("fast") && *task == held[1].task)));
     assert!(!complete(&mut l, &copies[0], "fast", 3_200), "the copy's completion is stale");
-    assert_eq!(l.task(held[1].task).map(|t| (t.state, t.worker.clone())), Some((TaskState::Succeeded, Some(wid("slow")))));
+    assert_eq!(
+        l.task(held[1].task).map(|t| (t.state, t.worker.clone())),
+        Some((TaskState::Succeeded, Some(wid("slow"))))
+    );
     assert_eq!(l.totals().succeeded, 1);
     l.check_invariants().expect("invariants");
 }
@@ -505,7 +533,15 @@ fn the_deepest_buffer_is_robbed_first_and_much_faster_workers_are_left_alone() {
     let q = lease(&mut l, "quick", 3, 2);
     ok(&mut l, Command::RegisterWorker { spec: spec_with("idle", 2, 1000) }, 3);
     let plan = l.steal_plan(&wid("idle"), 3, &|_, _| false);
-    let from = |t: TaskId| if a.iter().any(|x| x.task == t) { "a" } else if b.iter().any(|x| x.task == t) { "b" } else { "quick" };
+    let from = |t: TaskId| {
+        if a.iter().any(|x| x.task == t) {
+            "a"
+        } else if b.iter().any(|x| x.task == t) {
+            "b"
+        } else {
+            "quick"
+        }
+    };
     let victims: Vec<&str> = plan.iter().map(|(t, _)| from(*t)).collect();
     // a: 3/1 > b: 6/4 → a; then a 2/1 > 1.5 → a; then a 1/1 < b 1.5 → b.
     assert_eq!(victims, ["a", "a", "b"]);
@@ -523,11 +559,19 @@ fn after_a_steal_only_the_first_completion_counts() {
     let (stolen, _) = steal(&mut l, "fast", vec![(victim_lease.task, victim_lease.lease_seq)], 4);
     let thief_lease = stolen[0].clone();
     let applied = l.apply(
-        Command::Complete { task: victim_lease.task, lease_seq: victim_lease.lease_seq, worker: wid("slow"), result: result() },
+        Command::Complete {
+            task: victim_lease.task,
+            lease_seq: victim_lease.lease_seq,
+            worker: wid("slow"),
+            result: result(),
+        },
         5,
     );
     assert_eq!(applied.outcome, Ok(Outcome::Reported { accepted: true }));
-    assert!(applied.effects.iter().any(|e| matches!(e, Effect::Revoke { worker, .. } if *worker == wid("fast"))), "the thief drops its copy");
+    assert!(
+        applied.effects.iter().any(|e| matches!(e, Effect::Revoke { worker, .. } if *worker == wid("fast"))),
+        "the thief drops its copy"
+    );
     l.check_invariants().expect("invariants");
     let t = l.task(victim_lease.task).expect("task");
     assert_eq!((t.state, t.worker.clone()), (TaskState::Succeeded, Some(wid("slow"))));
@@ -553,7 +597,11 @@ fn after_a_steal_only_the_first_completion_counts() {
     steal(&mut l, "fast", vec![(v.task, v.lease_seq)], 4);
     let before = l.clone();
     assert!(!fail(&mut l, &v, "slow", true, 5));
-    assert!(!report(&mut l, Command::Release { worker: wid("slow"), leases: vec![(v.task, v.lease_seq)], reason: "drain".into() }, 5));
+    assert!(!report(
+        &mut l,
+        Command::Release { worker: wid("slow"), leases: vec![(v.task, v.lease_seq)], reason: "drain".into() },
+        5
+    ));
     assert!(before == l);
 }
 
@@ -580,7 +628,10 @@ fn a_stale_completion_after_a_stolen_lease_lapses_never_resurrects_the_task() {
             _ => None,
         })
         .collect();
-    assert_eq!(revoked, [("fast".to_owned(), stolen[0].lease_seq), ("slow".to_owned(), v.lease_seq)].into_iter().collect());
+    assert_eq!(
+        revoked,
+        [("fast".to_owned(), stolen[0].lease_seq), ("slow".to_owned(), v.lease_seq)].into_iter().collect()
+    );
     assert!(!complete(&mut l, &v, "slow", 6));
     assert_eq!(state(&l, v.task), TaskState::Cancelled);
 }

@@ -145,7 +145,8 @@ fn spawn_cluster(args: &ClusterArgs, dir: &std::path::Path, max_live: u64) -> an
         None => std::env::current_exe()?.with_file_name("kiln"),
     };
     anyhow::ensure!(binary.exists(), "no kiln binary at {} (build it, or pass --kiln-bin)", binary.display());
-    let ports: Vec<(u16, u16)> = (0..args.cluster).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let ports: Vec<(u16, u16)> =
+        (0..args.cluster).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
     let mut peers = String::new();
     for (i, (grpc, _)) in ports.iter().enumerate() {
         peers.push_str(&format!("[[scheduler.peers]]\nid = {}\naddress = \"http://127.0.0.1:{grpc}\"\n", i + 1));
@@ -207,7 +208,13 @@ struct Ended {
 
 /// A simulated worker that survives failovers: leases and unacknowledged completions outlive
 /// the session, and are claimed (`Hello.held`) and re-sent on the next one.
-async fn worker(id: String, addresses: Vec<String>, load: Arc<Load>, shared: Arc<Shared>, stop: tokio::sync::watch::Receiver<bool>) {
+async fn worker(
+    id: String,
+    addresses: Vec<String>,
+    load: Arc<Load>,
+    shared: Arc<Shared>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     // (task, lease_seq) → when its completion was first sent.
     let mut outstanding: HashMap<(u64, u32), Instant> = HashMap::new();
     let mut next = 0usize;
@@ -250,7 +257,10 @@ async fn session(
     let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(65_536);
     let up = |msg: Up| v1::WorkerMessage { msg: Some(msg) };
     let capacity = load.slots * (1 + load.prefetch);
-    let held: Vec<v1::LeaseRef> = outstanding.keys().map(|(task_id, lease_seq)| v1::LeaseRef { task_id: *task_id, lease_seq: *lease_seq }).collect();
+    let held: Vec<v1::LeaseRef> = outstanding
+        .keys()
+        .map(|(task_id, lease_seq)| v1::LeaseRef { task_id: *task_id, lease_seq: *lease_seq })
+        .collect();
     let hello = v1::Hello {
         worker_id: id.to_owned(),
         hostname: "loadtest".into(),
@@ -265,7 +275,8 @@ async fn session(
     let _ = tx.try_send(up(Up::Hello(hello)));
     // Completions the last leader may never have recorded: the ledger ignores duplicates.
     for lease in held {
-        let _ = tx.try_send(up(Up::Completed(v1::Completed { lease: Some(lease), result: Some(v1::TaskResult::default()) })));
+        let _ = tx
+            .try_send(up(Up::Completed(v1::Completed { lease: Some(lease), result: Some(v1::TaskResult::default()) })));
     }
     let want = capacity.saturating_sub(outstanding.len() as u32);
     if want > 0 {
@@ -321,7 +332,9 @@ async fn session(
                 }
                 for t in a.tasks {
                     let Some(lease) = t.lease else { continue };
-                    if let Some(at) = t.job.as_ref().and_then(|j| lock(&shared.submitted_at).get(&j.request_id).copied()) {
+                    if let Some(at) =
+                        t.job.as_ref().and_then(|j| lock(&shared.submitted_at).get(&j.request_id).copied())
+                    {
                         lock(&shared.lease_latency).push(now.saturating_duration_since(at).as_micros() as u64);
                     }
                     outstanding.entry((lease.task_id, lease.lease_seq)).or_insert_with(Instant::now);
@@ -407,16 +420,24 @@ fn percentiles(mut v: Vec<u64>) -> serde_json::Value {
 }
 
 pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.chaos_every == 0.0 || args.cluster > 0, "chaos needs nodes this process started: use --cluster");
+    anyhow::ensure!(
+        args.chaos_every == 0.0 || args.cluster > 0,
+        "chaos needs nodes this process started: use --cluster"
+    );
     let temp = tempfile::tempdir()?;
     let dir = args.cluster_dir.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
     let mut nodes = if args.cluster > 0 { spawn_cluster(&args, &dir, load.tasks.max(1) * 2)? } else { Vec::new() };
-    let addresses: Vec<String> = if nodes.is_empty() { args.schedulers.clone() } else { nodes.iter().map(|n| n.address.clone()).collect() };
+    let addresses: Vec<String> =
+        if nodes.is_empty() { args.schedulers.clone() } else { nodes.iter().map(|n| n.address.clone()).collect() };
     let members: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
     let started_wait = Instant::now();
     while leader_of(&members).await.is_none() && !members.is_empty() {
-        anyhow::ensure!(started_wait.elapsed() < Duration::from_secs(30), "no leader elected within 30 s; see the logs in {}", dir.display());
+        anyhow::ensure!(
+            started_wait.elapsed() < Duration::from_secs(30),
+            "no leader elected within 30 s; see the logs in {}",
+            dir.display()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -426,7 +447,13 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     let run_id = format!("lt-{}", std::process::id());
     let mut workers = Vec::new();
     for w in 0..load.workers {
-        workers.push(tokio::spawn(worker(format!("{run_id}-w{w}"), addresses.clone(), load.clone(), shared.clone(), stop_rx.clone())));
+        workers.push(tokio::spawn(worker(
+            format!("{run_id}-w{w}"),
+            addresses.clone(),
+            load.clone(),
+            shared.clone(),
+            stop_rx.clone(),
+        )));
     }
 
     // Chaos: every N seconds take a node down (kill or pause), bring it back after chaos_down.
@@ -466,7 +493,11 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
                         eprintln!("chaos: cannot restart node {victim}: {e:#}");
                     }
                 }
-                eprintln!("chaos: node {victim}{} {} for {down:.1} s", if Some(victim) == leader { " (leader)" } else { "" }, if pause { "paused" } else { "killed" });
+                eprintln!(
+                    "chaos: node {victim}{} {} for {down:.1} s",
+                    if Some(victim) == leader { " (leader)" } else { "" },
+                    if pause { "paused" } else { "killed" }
+                );
             }
         }))
     } else {
@@ -478,7 +509,8 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     let submitted = Arc::new(Mutex::new(BTreeSet::new()));
     let mut submitters = Vec::new();
     for _ in 0..load.submitters {
-        let (next, addresses, run_id, shared, submitted, load) = (next.clone(), addresses.clone(), run_id.clone(), shared.clone(), submitted.clone(), load.clone());
+        let (next, addresses, run_id, shared, submitted, load) =
+            (next.clone(), addresses.clone(), run_id.clone(), shared.clone(), submitted.clone(), load.clone());
         submitters.push(tokio::spawn(async move {
             let mut client = kiln_proto::Client::new(addresses)?;
             client.attempt_timeout = Duration::from_secs(5);
@@ -488,9 +520,8 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
                 if from >= load.tasks {
                     return anyhow::Ok(());
                 }
-                let jobs: Vec<v1::EncodeJob> = (from..(from + load.batch as u64).min(load.tasks))
-                    .map(|i| crate::sim::job(&run_id, i))
-                    .collect();
+                let jobs: Vec<v1::EncodeJob> =
+                    (from..(from + load.batch as u64).min(load.tasks)).map(|i| crate::sim::job(&run_id, i)).collect();
                 let ids: Vec<String> = jobs.iter().map(|j| j.request_id.clone()).collect();
                 lock(&submitted).extend(ids.iter().cloned());
                 crate::sim::submit(&mut client, jobs).await?;
@@ -572,15 +603,29 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     if load.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let ms = |v: &serde_json::Value| format!("p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", v["p50"].as_f64().unwrap_or(0.0), v["p99"].as_f64().unwrap_or(0.0), v["max"].as_f64().unwrap_or(0.0));
+        let ms = |v: &serde_json::Value| {
+            format!(
+                "p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                v["p50"].as_f64().unwrap_or(0.0),
+                v["p99"].as_f64().unwrap_or(0.0),
+                v["max"].as_f64().unwrap_or(0.0)
+            )
+        };
         println!("tasks                 {} on {} nodes", load.tasks, report["nodes"]);
         println!("workers × slots       {} × {} (prefetch {})", load.workers, load.slots, load.prefetch);
         println!("submit                {:.0} tasks/s", load.tasks as f64 / submit_secs);
-        println!("end to end            {:.0} tasks/s ({total_secs:.2} s, submit + lease + ack, each durable on a quorum)", load.tasks as f64 / total_secs);
+        println!(
+            "end to end            {:.0} tasks/s ({total_secs:.2} s, submit + lease + ack, each durable on a quorum)",
+            load.tasks as f64 / total_secs
+        );
         println!("submit→lease          {}", ms(&report["lease_latency_ms"]));
         println!("completion→ack        {}", ms(&report["completion_ack_latency_ms"]));
         println!("chaos events          {}", report["chaos_events"]);
-        println!("kill→first new lease  {} ({} failovers)", ms(&report["failover_to_first_lease_ms"]), report["failover_to_first_lease_ms"]["samples"]);
+        println!(
+            "kill→first new lease  {} ({} failovers)",
+            ms(&report["failover_to_first_lease_ms"]),
+            report["failover_to_first_lease_ms"]["samples"]
+        );
         println!("worker reconnects     {}", report["worker_reconnects"]);
         for v in report["nodes_at_end"].as_array().into_iter().flatten() {
             println!(

@@ -50,7 +50,8 @@ fn splitmix(mut x: u64) -> u64 {
 pub fn durations(o: &Options) -> Vec<f64> {
     (0..o.tasks)
         .map(|i| {
-            let u = ((splitmix(o.seed ^ i.wrapping_mul(0xA24B_AED4_963E_E407)) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            let u =
+                ((splitmix(o.seed ^ i.wrapping_mul(0xA24B_AED4_963E_E407)) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
             (o.min_ms / u.powf(1.0 / o.alpha)).min(o.min_ms * 100.0)
         })
         .collect()
@@ -75,7 +76,14 @@ struct Tally {
 }
 
 /// One simulated worker until the scenario ends.
-async fn worker(address: String, id: String, speed: f64, o: Options, durations: Arc<Vec<f64>>, tally: Arc<Tally>) -> anyhow::Result<()> {
+async fn worker(
+    address: String,
+    id: String,
+    speed: f64,
+    o: Options,
+    durations: Arc<Vec<f64>>,
+    tally: Arc<Tally>,
+) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(address)?.tcp_nodelay(true).connect().await?;
     let mut client = v1::worker_session_client::WorkerSessionClient::new(channel);
     let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(4096);
@@ -203,7 +211,8 @@ pub async fn run_once(o: &Options, steal: bool) -> anyhow::Result<serde_json::Va
     let started = Instant::now();
     let mut workers = Vec::new();
     for (n, speed) in o.speeds.iter().enumerate() {
-        let (address, id, o2, d, t) = (address.clone(), format!("sim-{n}-{speed}x"), o.clone(), durations.clone(), tally.clone());
+        let (address, id, o2, d, t) =
+            (address.clone(), format!("sim-{n}-{speed}x"), o.clone(), durations.clone(), tally.clone());
         let speed = *speed;
         workers.push(tokio::spawn(async move { worker(address, id, speed, o2, d, t).await }));
     }

@@ -150,7 +150,13 @@ async fn simulated_worker(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     if args.cluster.wanted() {
         let load = chaos::Load {
@@ -210,7 +216,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             // Like a real worker, reconnect when the session ends (leader change, restart).
             loop {
-                match simulated_worker(addr.clone(), id.clone(), slots, prefetch, task_ms, c.clone(), lat.clone()).await {
+                match simulated_worker(addr.clone(), id.clone(), slots, prefetch, task_ms, c.clone(), lat.clone()).await
+                {
                     Ok(()) => break,
                     Err(e) => {
                         eprintln!("{id}: {e:#}; reconnecting");
@@ -235,9 +242,7 @@ async fn main() -> anyhow::Result<()> {
                 if from >= total {
                     return anyhow::Ok(());
                 }
-                let jobs = (from..(from + batch).min(total))
-                    .map(|i| crate::sim::job(&run_id, i))
-                    .collect::<Vec<_>>();
+                let jobs = (from..(from + batch).min(total)).map(|i| crate::sim::job(&run_id, i)).collect::<Vec<_>>();
                 crate::sim::submit(&mut client, jobs).await?;
             }
         }));
@@ -280,7 +285,11 @@ async fn main() -> anyhow::Result<()> {
         println!("tasks                 {}", args.tasks);
         println!("workers × slots       {} × {} (prefetch {})", args.workers, args.slots, args.prefetch);
         println!("submit                {:.0} tasks/s ({:.2} s)", args.tasks as f64 / submit_secs, submit_secs);
-        println!("end to end            {:.0} tasks/s ({:.2} s, submit + lease + ack, each durable)", args.tasks as f64 / total_secs, total_secs);
+        println!(
+            "end to end            {:.0} tasks/s ({:.2} s, submit + lease + ack, each durable)",
+            args.tasks as f64 / total_secs,
+            total_secs
+        );
         println!(
             "completion→ack        p50 {:.1} ms  p99 {:.1} ms",
             percentile(&latencies, 0.50) as f64 / 1000.0,

@@ -47,7 +47,11 @@ pub struct Client {
 }
 
 fn normalize(address: &str) -> String {
-    if address.contains("://") { address.to_owned() } else { format!("http://{address}") }
+    if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    }
 }
 
 impl Client {

@@ -21,13 +21,8 @@ impl From<kiln_types::InvalidValue> for ConvertError {
 
 /// Parses and validates a wire job. Empty `queue` and zero `max_attempts` take their defaults.
 pub fn job_from_pb(pb: v1::EncodeJob) -> Result<EncodeJob, ConvertError> {
-    let derivative_assets = pb
-        .derivative_assets
-        .into_iter()
-        .map(RendererName::new)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .collect();
+    let derivative_assets =
+        pb.derivative_assets.into_iter().map(RendererName::new).collect::<Result<Vec<_>, _>>()?.into_iter().collect();
     let job = EncodeJob {
         request_id: RequestId::new(pb.request_id)?,
         release_id: pb.release_id,

@@ -65,7 +65,14 @@ pub struct RendererHistograms(Vec<(&'static str, Histogram)>);
 
 impl Default for RendererHistograms {
     fn default() -> Self {
-        Self(BUILTIN_RENDERERS.iter().copied().chain(std::iter::once("other")).map(|r| (r, Histogram::default())).collect())
+        Self(
+            BUILTIN_RENDERERS
+                .iter()
+                .copied()
+                .chain(std::iter::once("other"))
+                .map(|r| (r, Histogram::default()))
+                .collect(),
+        )
     }
 }
 

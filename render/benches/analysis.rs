@@ -53,7 +53,9 @@ fn analysis(c: &mut Criterion) {
         ("decode+bpm+key+loudness+waveform", &["bpm", "key", "loudness", "waveform"][..]),
         ("whole_set_with_aac128", &["bpm", "key", "loudness", "waveform", "aac128"][..]),
     ] {
-        g.bench_function(name, |b| b.iter_custom(|n| cpu(n, || pipeline.run(black_box(&wav), Some("wav"), renderers).is_ok())));
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| cpu(n, || pipeline.run(black_box(&wav), Some("wav"), renderers).is_ok()))
+        });
     }
     g.finish();
 }

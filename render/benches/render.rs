@@ -40,7 +40,8 @@ fn benches(c: &mut Criterion) {
     let audio = minute();
     let wav = audio.to_wav();
     let audio = decode(&wav, Some("wav"), &DecodeLimits::default()).expect("the bench signal decodes");
-    let pipeline = Pipeline::new(PipelineConfig { limits: DecodeLimits::default(), artwork_sizes: vec![1400, 500, 250] });
+    let pipeline =
+        Pipeline::new(PipelineConfig { limits: DecodeLimits::default(), artwork_sizes: vec![1400, 500, 250] });
 
     let mut group = c.benchmark_group("render-60s-stereo-44k1");
     group.sample_size(10);

@@ -91,7 +91,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let est_key = Key::new(key.tonic, key.minor);
         let err = (tempo.bpm - spec.bpm).abs();
         let ok1 = err <= 0.04 * spec.bpm;
-        let ok2 = [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0].iter().any(|m| (tempo.bpm - m * spec.bpm).abs() <= 0.04 * m * spec.bpm);
+        let ok2 =
+            [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0].iter().any(|m| (tempo.bpm - m * spec.bpm).abs() <= 0.04 * m * spec.bpm);
         let m = mirex(spec.key, est_key);
         acc1 += usize::from(ok1);
         acc2 += usize::from(ok2);
@@ -102,8 +103,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tonal_n += 1;
             tonal_score += m;
         }
-        writeln!(annotations, "{name},{},{},{:?},{:?},{:.2}", spec.bpm, spec.key, plan.style, plan.progression, plan.tuning_hz)?;
-        writeln!(detected, "{name},{:.2},{},{:.3},{:.3},{:.2}", tempo.bpm, key.name(), tempo.confidence, key.confidence, key.tuning_hz)?;
+        writeln!(
+            annotations,
+            "{name},{},{},{:?},{:?},{:.2}",
+            spec.bpm, spec.key, plan.style, plan.progression, plan.tuning_hz
+        )?;
+        writeln!(
+            detected,
+            "{name},{:.2},{},{:.3},{:.3},{:.2}",
+            tempo.bpm,
+            key.name(),
+            tempo.confidence,
+            key.confidence,
+            key.tuning_hz
+        )?;
         if args.verbose || err > 0.5 || m < 1.0 {
             println!(
                 "{name}  bpm {:>7.2} → {:>7.2} ({:?}, swing {:.2}, conf {:.2})   key {:>9} → {:>9} ({:?}, A4 {:.1} → {:.1})  {}",
@@ -136,6 +149,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("key MIREX weighted:          {:.3}", score / n);
     println!("key MIREX, tonal loops only: {:.3} ({} tracks)", tonal_score / tonal_n.max(1) as f64, tonal_n);
     let audio_minutes = n * args.seconds / 60.0;
-    println!("analysis CPU: {:.3} s per minute of audio (Analysis::new + tempo + key, wall clock, 1 thread)", analysis_secs / audio_minutes);
+    println!(
+        "analysis CPU: {:.3} s per minute of audio (Analysis::new + tempo + key, wall clock, 1 thread)",
+        analysis_secs / audio_minutes
+    );
     Ok(())
 }

@@ -93,7 +93,8 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
         for (k, h) in row.iter_mut().enumerate() {
             let t = k as f64 - half as f64 + 1.0 - frac;
             let x = 2.0 * cutoff * t;
-            let sinc = if x.abs() < 1e-12 { 1.0 } else { (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x) };
+            let sinc =
+                if x.abs() < 1e-12 { 1.0 } else { (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x) };
             let w_pos = (t + half as f64) / (2.0 * half as f64); // 0..1 across the kernel
             let w = if (0.0..=1.0).contains(&w_pos) {
                 let a = std::f64::consts::TAU * w_pos;
@@ -154,9 +155,8 @@ pub(crate) struct Stft {
 impl Stft {
     pub(crate) fn new(frame: usize) -> Self {
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(frame);
-        let window = (0..frame)
-            .map(|i| (0.5 - 0.5 * (std::f64::consts::TAU * i as f64 / frame as f64).cos()) as f32)
-            .collect();
+        let window =
+            (0..frame).map(|i| (0.5 - 0.5 * (std::f64::consts::TAU * i as f64 / frame as f64).cos()) as f32).collect();
         let input = fft.make_input_vec();
         let spectrum = fft.make_output_vec();
         let scratch = fft.make_scratch_vec();

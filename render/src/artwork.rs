@@ -27,7 +27,9 @@ use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
-use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat, ImageReader, Limits};
+use image::{
+    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat, ImageReader, Limits,
+};
 use serde_json::json;
 
 use crate::{Error, OutputFile, Rendered};
@@ -52,7 +54,11 @@ fn internal(what: impl std::fmt::Display) -> Error {
 
 fn image_error(e: ImageError) -> Error {
     match e {
-        ImageError::Limits(l) => Error::TooLarge { what: "artwork decoding", actual: l.to_string(), limit: format!("{MAX_DECODER_ALLOC} bytes") },
+        ImageError::Limits(l) => Error::TooLarge {
+            what: "artwork decoding",
+            actual: l.to_string(),
+            limit: format!("{MAX_DECODER_ALLOC} bytes"),
+        },
         other => undecodable(format!("corrupt image: {other}")),
     }
 }
@@ -140,7 +146,12 @@ fn encode(pixels: &[u8], width: u32, height: u32, alpha: bool) -> Result<Vec<u8>
     if alpha {
         PngEncoder::new(&mut out).write_image(pixels, width, height, ExtendedColorType::Rgba8)
     } else {
-        JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).write_image(pixels, width, height, ExtendedColorType::Rgb8)
+        JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).write_image(
+            pixels,
+            width,
+            height,
+            ExtendedColorType::Rgb8,
+        )
     }
     .map_err(|e| internal(format!("encoding {width} × {height} failed: {e}")))?;
     Ok(out)
@@ -251,20 +262,36 @@ mod tests {
             assert_eq!(img.dimensions(), (w, h), "{}", file.name);
             // The picture survives: red on the left, blue on the right, green in the middle.
             let near = |p: &Rgb<u8>, q: [u8; 3]| p.0.iter().zip(q).all(|(a, b)| a.abs_diff(b) < 30);
-            assert!(near(img.get_pixel(w / 4, h / 5), [220, 20, 20]), "{}: {:?}", file.name, img.get_pixel(w / 4, h / 5));
+            assert!(
+                near(img.get_pixel(w / 4, h / 5), [220, 20, 20]),
+                "{}: {:?}",
+                file.name,
+                img.get_pixel(w / 4, h / 5)
+            );
             assert!(near(img.get_pixel(3 * w / 4, 4 * h / 5), [20, 20, 220]), "{}", file.name);
             assert!(near(img.get_pixel(w / 2, h / 2), [0, 200, 0]), "{}", file.name);
         }
-        assert_eq!(r.metadata["outputs"][1], json!({ "size": 500, "name": "artwork-500.jpg", "width": 500, "height": 281, "resized": true }));
+        assert_eq!(
+            r.metadata["outputs"][1],
+            json!({ "size": 500, "name": "artwork-500.jpg", "width": 500, "height": 281, "resized": true })
+        );
     }
 
     #[test]
     fn a_small_master_is_not_upscaled() {
         let master = jpeg(&card(300, 200));
         let r = render(&master, &[1400, 500, 250]).expect("renders");
-        let dims: Vec<(u32, u32)> = r.files.iter().map(|f| { let i = load(f); (i.width(), i.height()) }).collect();
+        let dims: Vec<(u32, u32)> = r
+            .files
+            .iter()
+            .map(|f| {
+                let i = load(f);
+                (i.width(), i.height())
+            })
+            .collect();
         assert_eq!(dims, [(300, 200), (300, 200), (250, 167)]);
-        let resized: Vec<bool> = (0..3).map(|i| r.metadata["outputs"][i]["resized"].as_bool().unwrap_or(true)).collect();
+        let resized: Vec<bool> =
+            (0..3).map(|i| r.metadata["outputs"][i]["resized"].as_bool().unwrap_or(true)).collect();
         assert_eq!(resized, [false, false, true]);
     }
 
@@ -280,7 +307,10 @@ mod tests {
 
         let opaque = RgbaImage::from_fn(800, 400, |_, _| Rgba([10, 20, 30, 255]));
         let r = render(&png(&opaque), &[200]).expect("renders");
-        assert_eq!((r.files[0].name.as_str(), r.metadata["source"]["format"].as_str()), ("artwork-200.jpg", Some("png")));
+        assert_eq!(
+            (r.files[0].name.as_str(), r.metadata["source"]["format"].as_str()),
+            ("artwork-200.jpg", Some("png"))
+        );
     }
 
     #[test]

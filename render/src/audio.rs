@@ -51,7 +51,11 @@ mod tests {
 
     #[test]
     fn wav_round_trips_through_the_decoder() {
-        let audio = Audio { sample_rate: 8_000, channels: 2, samples: (0..16_000).map(|i| ((i % 100) as f32 / 100.0) - 0.5).collect() };
+        let audio = Audio {
+            sample_rate: 8_000,
+            channels: 2,
+            samples: (0..16_000).map(|i| ((i % 100) as f32 / 100.0) - 0.5).collect(),
+        };
         let back = crate::decode(&audio.to_wav(), Some("wav"), &crate::DecodeLimits::default()).expect("decodes");
         assert_eq!((back.sample_rate, back.channels, back.samples.len()), (8_000, 2, 16_000));
         assert!(back.samples.iter().zip(&audio.samples).all(|(a, b)| (a - b).abs() < 1e-4));

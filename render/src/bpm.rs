@@ -86,7 +86,10 @@ pub fn render(signal: &Analysis) -> Result<Rendered, Error> {
     let tempo = match estimate(signal) {
         Ok(tempo) => tempo,
         Err(Error::Unsupported { reason, .. }) => {
-            return Ok(Rendered { metadata: json!({ "bpm": null, "confidence": 0.0, "reason": reason }), files: Vec::new() })
+            return Ok(Rendered {
+                metadata: json!({ "bpm": null, "confidence": 0.0, "reason": reason }),
+                files: Vec::new(),
+            })
         }
         Err(other) => return Err(other),
     };
@@ -112,9 +115,7 @@ pub fn estimate(signal: &Analysis) -> Result<Tempo, Error> {
         )));
     }
     let bands = normalised_bands(&signal.flux, fps);
-    let novelty: Vec<f32> = (0..frames)
-        .map(|t| (0..BANDS).map(|b| BAND_WEIGHTS[b] * bands[b][t]).sum())
-        .collect();
+    let novelty: Vec<f32> = (0..frames).map(|t| (0..BANDS).map(|b| BAND_WEIGHTS[b] * bands[b][t]).sum()).collect();
     if novelty.iter().all(|&v| v <= 0.0) {
         return Err(unsupported("no onsets: the audio has no rhythm to measure".into()));
     }
@@ -158,12 +159,13 @@ pub fn estimate(signal: &Analysis) -> Result<Tempo, Error> {
             - TERNARY_SUBDIVISION_WEIGHT * ternary / s_max
     };
     // Ternary levels (a dotted-quarter pulse read as the beat) pay a penalty: they are rarer.
-    let mut levels: Vec<(f64, f64)> = [(0.5, 0.0), (2.0 / 3.0, TERNARY_PENALTY), (1.0, 0.0), (1.5, TERNARY_PENALTY), (2.0, 0.0)]
-        .iter()
-        .map(|&(m, penalty)| (coarse * m, penalty))
-        .filter(|(b, _)| (MIN_BPM..=MAX_BPM).contains(b))
-        .map(|(b, penalty)| (b, level_score(b) - penalty))
-        .collect();
+    let mut levels: Vec<(f64, f64)> =
+        [(0.5, 0.0), (2.0 / 3.0, TERNARY_PENALTY), (1.0, 0.0), (1.5, TERNARY_PENALTY), (2.0, 0.0)]
+            .iter()
+            .map(|&(m, penalty)| (coarse * m, penalty))
+            .filter(|(b, _)| (MIN_BPM..=MAX_BPM).contains(b))
+            .map(|(b, penalty)| (b, level_score(b) - penalty))
+            .collect();
     levels.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (chosen, margin) = match levels.as_slice() {
         [first, second, ..] => (first.0, first.1 - second.1),
@@ -275,9 +277,7 @@ impl Autocorrelation {
         }
         let zero = self.time[0] / n.max(1) as f32;
         let lags = max_lag.min(n);
-        (0..lags)
-            .map(|l| if zero > 0.0 { self.time[l] / (n - l) as f32 / zero } else { 0.0 })
-            .collect()
+        (0..lags).map(|l| if zero > 0.0 { self.time[l] / (n - l) as f32 / zero } else { 0.0 }).collect()
     }
 }
 

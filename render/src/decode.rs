@@ -155,7 +155,9 @@ fn decode_unchecked(bytes: &[u8], hint: Option<&str>, limits: &DecodeLimits) -> 
     let params = track.codec_params.clone();
     let sample_rate = params.sample_rate.ok_or_else(|| undecodable("the header gives no sample rate"))?;
     if sample_rate == 0 || sample_rate > MAX_SAMPLE_RATE {
-        return Err(undecodable(format!("implausible sample rate {sample_rate} Hz (accepted: 1 to {MAX_SAMPLE_RATE} Hz)")));
+        return Err(undecodable(format!(
+            "implausible sample rate {sample_rate} Hz (accepted: 1 to {MAX_SAMPLE_RATE} Hz)"
+        )));
     }
     let header_channels = params.channels.map(|c| c.count());
     if let Some(c) = header_channels {
@@ -218,7 +220,9 @@ fn decode_unchecked(bytes: &[u8], hint: Option<&str>, limits: &DecodeLimits) -> 
                         return Err(undecodable(format!("channel count changes mid-stream ({c} → {count})")));
                     }
                     _ if count == 0 || count > MAX_CHANNELS => {
-                        return Err(undecodable(format!("implausible channel count {count} (accepted: 1 to {MAX_CHANNELS})")));
+                        return Err(undecodable(format!(
+                            "implausible channel count {count} (accepted: 1 to {MAX_CHANNELS})"
+                        )));
                     }
                     _ => channels = Some(count),
                 }
@@ -237,7 +241,9 @@ fn decode_unchecked(bytes: &[u8], hint: Option<&str>, limits: &DecodeLimits) -> 
             Err(SymphoniaError::DecodeError(e)) => {
                 errors_in_a_row += 1;
                 if errors_in_a_row >= MAX_DECODE_ERRORS {
-                    return Err(undecodable(format!("corrupt audio data: {e} ({MAX_DECODE_ERRORS} bad packets in a row)")));
+                    return Err(undecodable(format!(
+                        "corrupt audio data: {e} ({MAX_DECODE_ERRORS} bad packets in a row)"
+                    )));
                 }
             }
             Err(e) => return Err(undecodable(format!("decoding failed: {e}"))),
@@ -403,7 +409,10 @@ pub(crate) mod tests {
         bytes[40..44].copy_from_slice(&(u32::MAX - 64).to_le_bytes());
         let err = decode(&bytes, Some("wav"), &DecodeLimits::default()).expect_err("absurd");
         let text = err.to_string();
-        assert!(matches!(err, Error::Undecodable(_)) && text.contains("truncated") && text.contains("1073741807 frames"), "{text}");
+        assert!(
+            matches!(err, Error::Undecodable(_)) && text.contains("truncated") && text.contains("1073741807 frames"),
+            "{text}"
+        );
         assert!(text.contains("at most 44111"), "{text}");
 
         // Absurd format fields: zero channels, an enormous sample rate, a zero block size.
@@ -453,7 +462,8 @@ pub(crate) mod tests {
         let tone = wav(8_000, 1, &sine(8_000, 1, 3.0, 440.0, 0.5));
         let err = decode(&tone, None, &DecodeLimits { max_bytes: 1_000, ..DecodeLimits::default() }).expect_err("big");
         assert!(err.to_string().contains("1000 bytes"), "{err}");
-        let err = decode(&tone, None, &DecodeLimits { max_duration_secs: 2.0, ..DecodeLimits::default() }).expect_err("long");
+        let err =
+            decode(&tone, None, &DecodeLimits { max_duration_secs: 2.0, ..DecodeLimits::default() }).expect_err("long");
         assert!(err.to_string().contains("duration is 3 s, the limit is 2 s"), "{err}");
     }
 }

@@ -121,7 +121,10 @@ pub fn render(signal: &Analysis) -> Result<Rendered, Error> {
     let key = match estimate(signal) {
         Ok(key) => key,
         Err(Error::Unsupported { reason, .. }) => {
-            return Ok(Rendered { metadata: json!({ "key": null, "confidence": 0.0, "reason": reason }), files: Vec::new() })
+            return Ok(Rendered {
+                metadata: json!({ "key": null, "confidence": 0.0, "reason": reason }),
+                files: Vec::new(),
+            })
         }
         Err(other) => return Err(other),
     };
@@ -150,7 +153,10 @@ struct Peak {
 pub fn estimate(signal: &Analysis) -> Result<KeyEstimate, Error> {
     let peaks = tonal_peaks(signal, PROMINENCE);
     if peaks.is_empty() {
-        return Err(Error::Unsupported { renderer: "key".into(), reason: "no tonal content: no spectral peaks".into() });
+        return Err(Error::Unsupported {
+            renderer: "key".into(),
+            reason: "no tonal content: no spectral peaks".into(),
+        });
     }
     let frames = peaks.last().map_or(0, |p| p.frame + 1);
     let tuning_hz = tuning(&peaks);
@@ -173,7 +179,9 @@ pub fn estimate(signal: &Analysis) -> Result<KeyEstimate, Error> {
     // tonic the bass opens on is the key (see the module docs).
     let (rel_tonic, rel_minor) = relative(tonic, minor);
     let open = opening(&bass_frames);
-    if best.0 - score_of(rel_tonic, rel_minor) < RELATIVE_MARGIN && open[usize::from(rel_tonic)] > open[usize::from(tonic)] {
+    if best.0 - score_of(rel_tonic, rel_minor) < RELATIVE_MARGIN
+        && open[usize::from(rel_tonic)] > open[usize::from(tonic)]
+    {
         (tonic, minor) = (rel_tonic, rel_minor);
         // Decided by a cue, not by a clear profile win: say so.
         confidence *= 0.5;
@@ -471,7 +479,9 @@ mod tests {
 
     #[test]
     fn tuning_is_measured_and_a_held_triad_names_its_key() {
-        for (a4, root, minor, name) in [(440.0, 57.0, true, "A minor"), (436.0, 60.0, false, "C major"), (444.5, 66.0, true, "F# minor")] {
+        for (a4, root, minor, name) in
+            [(440.0, 57.0, true, "A minor"), (436.0, 60.0, false, "C major"), (444.5, 66.0, true, "F# minor")]
+        {
             let k = estimate(&Analysis::new(&chord(root, minor, a4))).expect("key");
             assert_eq!(k.name(), name);
             assert!((k.tuning_hz - a4).abs() < 0.8, "{a4}: {}", k.tuning_hz);

@@ -49,8 +49,9 @@ const BLOCK_FRAMES: usize = 65_536;
 /// the -70 LUFS absolute gate, the peaks are null for digital silence.
 pub fn render(audio: &Audio) -> Result<Rendered, Error> {
     let channels = u32::from(audio.channels);
-    let mut meter = EbuR128::new(channels, audio.sample_rate, Mode::I | Mode::LRA | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK)
-        .map_err(internal)?;
+    let mut meter =
+        EbuR128::new(channels, audio.sample_rate, Mode::I | Mode::LRA | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK)
+            .map_err(internal)?;
     if let Some(map) = channel_map(audio.channels) {
         meter.set_channel_map(&map).map_err(internal)?;
     }
@@ -123,7 +124,8 @@ mod tests {
     /// Tech 3341 case 4: -72 / -36 / -23 / -36 / -72 dBFS; the absolute gate removes -72.
     #[test]
     fn tech_3341_case_4_absolute_and_relative_gates() {
-        let read = lufs(concat(&[(10.0, -72.0), (10.0, -36.0), (60.0, -23.0), (10.0, -36.0), (10.0, -72.0)]), 2, 48_000);
+        let read =
+            lufs(concat(&[(10.0, -72.0), (10.0, -36.0), (60.0, -23.0), (10.0, -36.0), (10.0, -72.0)]), 2, 48_000);
         assert!((read + 23.0).abs() <= 0.1, "read {read}");
     }
 

@@ -115,7 +115,11 @@ fn render_audio(name: &str, audio: &Audio, analysis: &mut Option<Analysis>) -> R
     if matches!(name, "bpm" | "key") && analysis.is_none() {
         *analysis = Some(Analysis::new(audio));
     }
-    let shared = || analysis.as_ref().ok_or_else(|| Error::Internal { renderer: name.to_owned(), reason: "no analysis signal".into() });
+    let shared = || {
+        analysis
+            .as_ref()
+            .ok_or_else(|| Error::Internal { renderer: name.to_owned(), reason: "no analysis signal".into() })
+    };
     match name {
         "loudness" => crate::loudness::render(audio),
         "waveform" => crate::waveform::render(audio),

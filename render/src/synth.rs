@@ -366,7 +366,13 @@ pub fn track(spec: &TrackSpec) -> Audio {
                     if !on {
                         continue;
                     }
-                    let accent = if i % 4 == 2 { 1.0 } else if i % 2 == 0 { 0.6 } else { 0.4 };
+                    let accent = if i % 4 == 2 {
+                        1.0
+                    } else if i % 2 == 0 {
+                        0.6
+                    } else {
+                        0.4
+                    };
                     let open = open_hats && i % 4 == 2;
                     let decay = if open { hat_decay * 5.0 } else { hat_decay };
                     hat(&mut b.hats, t16(bar_start, i), accent * rng.range(0.8, 1.0), decay, sr, &mut rng);
@@ -405,12 +411,32 @@ pub fn track(spec: &TrackSpec) -> Audio {
                 if pad_stabs {
                     for k in [2u32, 6, 10, 14] {
                         for &m in &notes {
-                            pad(&mut b.chords_l, &mut b.chords_r, t16(bar_start, k), sixteenth * 1.5, hz(m), pad_detune, pad_cutoff, 0.004, sr);
+                            pad(
+                                &mut b.chords_l,
+                                &mut b.chords_r,
+                                t16(bar_start, k),
+                                sixteenth * 1.5,
+                                hz(m),
+                                pad_detune,
+                                pad_cutoff,
+                                0.004,
+                                sr,
+                            );
                         }
                     }
                 } else {
                     for &m in &notes {
-                        pad(&mut b.chords_l, &mut b.chords_r, bar_start, beat * 4.0, hz(m), pad_detune, pad_cutoff, beat * 0.5, sr);
+                        pad(
+                            &mut b.chords_l,
+                            &mut b.chords_r,
+                            bar_start,
+                            beat * 4.0,
+                            hz(m),
+                            pad_detune,
+                            pad_cutoff,
+                            beat * 0.5,
+                            sr,
+                        );
                     }
                 }
                 if has_arp {

@@ -140,9 +140,9 @@ impl Peaks {
             }
         }
         let mut png = Vec::new();
-        PngEncoder::new(&mut png)
-            .write_image(&raster, w as u32, h as u32, ExtendedColorType::L8)
-            .map_err(|e| Error::Internal { renderer: "waveform".into(), reason: format!("PNG encoding failed: {e}") })?;
+        PngEncoder::new(&mut png).write_image(&raster, w as u32, h as u32, ExtendedColorType::L8).map_err(|e| {
+            Error::Internal { renderer: "waveform".into(), reason: format!("PNG encoding failed: {e}") }
+        })?;
         Ok(png)
     }
 }
@@ -165,11 +165,16 @@ pub fn render(audio: &Audio) -> Result<Rendered, Error> {
         let level = fine.merge(spp).ok_or_else(|| internal(format!("zoom {spp} is not a multiple of {finest}")))?;
         let json = serde_json::to_vec(&level.to_json()).map_err(|e| internal(e.to_string()))?;
         let (json_name, dat_name) = (format!("waveform-{spp}.json"), format!("waveform-{spp}.dat"));
-        levels.push(json!({ "samples_per_pixel": spp, "length": level.pairs.len(), "json": json_name, "dat": dat_name }));
+        levels
+            .push(json!({ "samples_per_pixel": spp, "length": level.pairs.len(), "json": json_name, "dat": dat_name }));
         files.push(OutputFile { name: json_name, content_type: "application/json", bytes: json });
         files.push(OutputFile { name: dat_name, content_type: "application/octet-stream", bytes: level.to_dat() });
     }
-    files.push(OutputFile { name: PNG_NAME.into(), content_type: "image/png", bytes: fine.to_png(PNG_WIDTH, PNG_HEIGHT)? });
+    files.push(OutputFile {
+        name: PNG_NAME.into(),
+        content_type: "image/png",
+        bytes: fine.to_png(PNG_WIDTH, PNG_HEIGHT)?,
+    });
     let metadata = json!({
         "format": "audiowaveform v2",
         "bits": 8,
@@ -247,7 +252,10 @@ mod tests {
         let p = peaks(&audio, 4096);
         let j = p.to_json();
         assert_eq!((j["version"].as_i64(), j["bits"].as_i64(), j["length"].as_u64()), (Some(2), Some(8), Some(11)));
-        assert_eq!((j["channels"].as_i64(), j["sample_rate"].as_i64(), j["samples_per_pixel"].as_i64()), (Some(1), Some(44_100), Some(4096)));
+        assert_eq!(
+            (j["channels"].as_i64(), j["sample_rate"].as_i64(), j["samples_per_pixel"].as_i64()),
+            (Some(1), Some(44_100), Some(4096))
+        );
         assert_eq!(j["data"].as_array().map(Vec::len), Some(22));
         let dat = p.to_dat();
         let word = |i: usize| u32::from_le_bytes([dat[i], dat[i + 1], dat[i + 2], dat[i + 3]]);
@@ -280,7 +288,10 @@ mod tests {
         let audio = Audio { sample_rate: 22_050, channels: 1, samples: sine(22_050, 1, 2.0, 100.0, 0.3) };
         let r = render(&audio).expect("renders");
         let names: Vec<&str> = r.files.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["waveform-256.json", "waveform-256.dat", "waveform-4096.json", "waveform-4096.dat", "waveform.png"]);
+        assert_eq!(
+            names,
+            ["waveform-256.json", "waveform-256.dat", "waveform-4096.json", "waveform-4096.dat", "waveform.png"]
+        );
         assert_eq!(r.metadata["zoom_levels"][0]["length"].as_u64(), Some(173), "44100 / 256 rounded up");
         assert_eq!(r.metadata["zoom_levels"][1]["length"].as_u64(), Some(11));
         assert_eq!(r.metadata["png"]["name"].as_str(), Some("waveform.png"));

@@ -116,7 +116,8 @@ fn audio_specific_config(stsd: &[u8]) -> Vec<u8> {
 
 /// AudioSpecificConfig: object type 2 (LC), the rate's index, the channel configuration.
 fn check_asc(asc: &[u8], sample_rate: u32, channels: u16) {
-    const RATES: [u32; 12] = [96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025, 8000];
+    const RATES: [u32; 12] =
+        [96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025, 8000];
     let bits = u16::from_be_bytes([asc[0], asc[1]]);
     assert_eq!(bits >> 11, 2, "AAC-LC object type in {asc:02x?}");
     let index = usize::from((bits >> 7) & 0xf);

@@ -46,7 +46,11 @@ fn unambiguous_cadences_name_their_key_in_every_register() {
                 wrong.push(format!("{key} ({progression:?}) → {}", estimate.name()));
             }
             let planned = synth::plan(&spec).tuning_hz;
-            assert!((estimate.tuning_hz - planned).abs() < 2.5, "{key}: A4 {planned:.1} measured {:.1}", estimate.tuning_hz);
+            assert!(
+                (estimate.tuning_hz - planned).abs() < 2.5,
+                "{key}: A4 {planned:.1} measured {:.1}",
+                estimate.tuning_hz
+            );
         }
     }
     assert!(wrong.is_empty(), "wrong keys: {wrong:#?}");
@@ -58,7 +62,9 @@ fn the_pipeline_reports_bpm_and_key_with_their_notations() {
     let wav = synth::track(&spec).to_wav();
     let pipeline = Pipeline::new(PipelineConfig { limits: DecodeLimits::default(), artwork_sizes: Vec::new() });
     let report = pipeline.run(&wav, Some("wav"), &["key", "bpm"]).expect("renders");
-    let meta = |name: &str| report.outputs.iter().find(|o| o.renderer == name).map(|o| o.rendered.metadata.clone()).expect(name);
+    let meta = |name: &str| {
+        report.outputs.iter().find(|o| o.renderer == name).map(|o| o.rendered.metadata.clone()).expect(name)
+    };
     let bpm = meta("bpm");
     assert!((bpm["bpm"].as_f64().expect("bpm") - 126.0).abs() <= 0.1, "{bpm}");
     let key = meta("key");

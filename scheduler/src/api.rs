@@ -60,9 +60,8 @@ impl Scheduler for Api {
         let mut parsed = Vec::with_capacity(jobs.len());
         for (i, pb) in jobs.into_iter().enumerate() {
             let request_id = pb.request_id.clone();
-            let job = kiln_proto::job_from_pb(pb).map_err(|e| {
-                Status::invalid_argument(format!("job {} (request_id {request_id:?}): {e}", i + 1))
-            })?;
+            let job = kiln_proto::job_from_pb(pb)
+                .map_err(|e| Status::invalid_argument(format!("job {} (request_id {request_id:?}): {e}", i + 1)))?;
             if let Some(unknown) = job.derivative_assets.iter().find(|r| !known_renderer(r)) {
                 return Err(Status::invalid_argument(format!(
                     "job {} (request_id {request_id:?}): unknown renderer `{unknown}` (known: {})",
@@ -104,7 +103,10 @@ impl Scheduler for Api {
         })
     }
 
-    async fn list_tasks(&self, request: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
         let r = request.into_inner();
         let state = v1::TaskState::try_from(r.state).map_err(|_| Status::invalid_argument("unknown task state"))?;
         let queue = match r.queue.as_str() {
@@ -125,7 +127,9 @@ impl Scheduler for Api {
         let with_history = r.with_history;
         let tasks = self
             .handle
-            .read_fresh(move |l, _| l.list(&filter).into_iter().map(|t| convert::task_to_pb(t, with_history)).collect::<Vec<_>>())
+            .read_fresh(move |l, _| {
+                l.list(&filter).into_iter().map(|t| convert::task_to_pb(t, with_history)).collect::<Vec<_>>()
+            })
             .await
             .map_err(from_propose)?;
         let next_after_id = if tasks.len() == limit { tasks.last().map_or(0, |t| t.id) } else { 0 };
@@ -135,11 +139,18 @@ impl Scheduler for Api {
     async fn cancel(&self, request: Request<v1::CancelRequest>) -> Result<Response<v1::CancelResponse>, Status> {
         let id = TaskId(request.into_inner().task_id);
         self.propose(Command::Cancel { task: id }).await?;
-        let task = self.handle.read(move |l, _| l.task(id).map(|t| convert::task_to_pb(t, false))).await.map_err(from_propose)?;
+        let task = self
+            .handle
+            .read(move |l, _| l.task(id).map(|t| convert::task_to_pb(t, false)))
+            .await
+            .map_err(from_propose)?;
         Ok(Response::new(v1::CancelResponse { task }))
     }
 
-    async fn requeue_dead_letters(&self, request: Request<v1::DeadLetterFilter>) -> Result<Response<v1::CountResponse>, Status> {
+    async fn requeue_dead_letters(
+        &self,
+        request: Request<v1::DeadLetterFilter>,
+    ) -> Result<Response<v1::CountResponse>, Status> {
         let filter = filter_from_pb(request.into_inner())?;
         match self.propose(Command::RequeueDeadLetters { filter }).await? {
             Outcome::Count(count) => Ok(Response::new(v1::CountResponse { count })),
@@ -147,7 +158,10 @@ impl Scheduler for Api {
         }
     }
 
-    async fn purge_dead_letters(&self, request: Request<v1::DeadLetterFilter>) -> Result<Response<v1::CountResponse>, Status> {
+    async fn purge_dead_letters(
+        &self,
+        request: Request<v1::DeadLetterFilter>,
+    ) -> Result<Response<v1::CountResponse>, Status> {
         let filter = filter_from_pb(request.into_inner())?;
         match self.propose(Command::PurgeDeadLetters { filter }).await? {
             Outcome::Count(count) => Ok(Response::new(v1::CountResponse { count })),
@@ -190,7 +204,10 @@ impl Scheduler for Api {
         Ok(Response::new(status))
     }
 
-    async fn list_workers(&self, _request: Request<v1::ListWorkersRequest>) -> Result<Response<v1::ListWorkersResponse>, Status> {
+    async fn list_workers(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         let mut workers: Vec<v1::WorkerInfo> = self
             .handle
             .read(|l, _| l.workers().into_iter().map(convert::worker_to_pb).collect())
@@ -210,13 +227,19 @@ impl Scheduler for Api {
     async fn cluster(&self, _request: Request<v1::ClusterRequest>) -> Result<Response<v1::ClusterResponse>, Status> {
         let response = self
             .handle
-            .read(|l, status| v1::ClusterResponse { ledger_digest: crate::ledger_digest(l), ..crate::cluster_to_pb(status) })
+            .read(|l, status| v1::ClusterResponse {
+                ledger_digest: crate::ledger_digest(l),
+                ..crate::cluster_to_pb(status)
+            })
             .await
             .map_err(from_propose)?;
         Ok(Response::new(response))
     }
 
-    async fn change_membership(&self, request: Request<v1::MembershipRequest>) -> Result<Response<v1::ClusterResponse>, Status> {
+    async fn change_membership(
+        &self,
+        request: Request<v1::MembershipRequest>,
+    ) -> Result<Response<v1::ClusterResponse>, Status> {
         let r = request.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id must be non-zero"));

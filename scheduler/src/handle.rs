@@ -78,7 +78,10 @@ impl Handle {
     /// Proposes a membership change (leader only) and returns the members once it is applied.
     pub async fn change_membership(&self, change: MemberChange) -> Result<MembershipOutcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.requests.send_async(Request::ChangeMembership { change, reply }).await.map_err(|_| ProposeError::Stopped)?;
+        self.requests
+            .send_async(Request::ChangeMembership { change, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
     }
 

@@ -8,7 +8,6 @@
 
 use std::fmt::Write as _;
 
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -18,8 +17,8 @@ use axum::Router;
 use std::sync::Arc;
 
 use crate::handle::Handle;
-use crate::sessions::Hub;
 use crate::node::now_ms;
+use crate::sessions::Hub;
 
 #[derive(Clone)]
 struct Shared {
@@ -46,7 +45,9 @@ pub async fn serve(
 
 async fn healthz(State(Shared { handle, .. }): State<Shared>) -> impl IntoResponse {
     match handle.status().await {
-        Ok(s) if s.leader_id != 0 => (StatusCode::OK, format!("ok: node {} leader {} term {}\n", s.id, s.leader_id, s.term)),
+        Ok(s) if s.leader_id != 0 => {
+            (StatusCode::OK, format!("ok: node {} leader {} term {}\n", s.id, s.leader_id, s.term))
+        }
         Ok(s) => (StatusCode::SERVICE_UNAVAILABLE, format!("no leader known (node {}, term {})\n", s.id, s.term)),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
@@ -73,10 +74,21 @@ async fn metrics(State(Shared { handle, hub }): State<Shared>) -> impl IntoRespo
             let mut out = String::with_capacity(4096);
             family(&mut out, "kiln_steals_total", "counter", "Unstarted tasks moved to idle workers by work stealing.");
             let _ = writeln!(out, "kiln_steals_total {}", l.steals_total());
-            family(&mut out, "kiln_busy_slots", "gauge", "Render slots busy across the workers connected to this node (from heartbeats).");
+            family(
+                &mut out,
+                "kiln_busy_slots",
+                "gauge",
+                "Render slots busy across the workers connected to this node (from heartbeats).",
+            );
             let _ = writeln!(out, "kiln_busy_slots {}", live.values().map(|w| u64::from(w.busy_slots)).sum::<u64>());
-            family(&mut out, "kiln_prefetched_tasks", "gauge", "Leased tasks not started yet, across the workers connected to this node.");
-            let _ = writeln!(out, "kiln_prefetched_tasks {}", live.values().map(|w| u64::from(w.buffered)).sum::<u64>());
+            family(
+                &mut out,
+                "kiln_prefetched_tasks",
+                "gauge",
+                "Leased tasks not started yet, across the workers connected to this node.",
+            );
+            let _ =
+                writeln!(out, "kiln_prefetched_tasks {}", live.values().map(|w| u64::from(w.buffered)).sum::<u64>());
             let live = l.counts();
             let total = l.totals();
             family(&mut out, "kiln_tasks", "gauge", "Tasks held in the ledger by state.");
@@ -90,8 +102,15 @@ async fn metrics(State(Shared { handle, hub }): State<Shared>) -> impl IntoRespo
             ] {
                 let _ = writeln!(out, "kiln_tasks{{state=\"{state}\"}} {v}");
             }
-            family(&mut out, "kiln_tasks_finished_total", "counter", "Tasks that reached a terminal state, garbage-collected ones included.");
-            for (state, v) in [("succeeded", total.succeeded), ("dead_lettered", total.dead_lettered), ("cancelled", total.cancelled)] {
+            family(
+                &mut out,
+                "kiln_tasks_finished_total",
+                "counter",
+                "Tasks that reached a terminal state, garbage-collected ones included.",
+            );
+            for (state, v) in
+                [("succeeded", total.succeeded), ("dead_lettered", total.dead_lettered), ("cancelled", total.cancelled)]
+            {
                 let _ = writeln!(out, "kiln_tasks_finished_total{{state=\"{state}\"}} {v}");
             }
             family(&mut out, "kiln_tasks_submitted_total", "counter", "Tasks ever admitted.");
@@ -108,8 +127,14 @@ async fn metrics(State(Shared { handle, hub }): State<Shared>) -> impl IntoRespo
                 let _ = writeln!(out, "kiln_queue_depth{{queue=\"{name}\",state=\"retrying\"}} {}", q.retrying);
                 let _ = writeln!(out, "kiln_queue_depth{{queue=\"{name}\",state=\"leased\"}} {}", q.leased);
             }
-            family(&mut out, "kiln_task_attempts_failed_total", "counter", "Failed attempts reported by workers (transient and permanent).");
-            let _ = writeln!(out, "kiln_task_attempts_failed_total {}", l.workers().iter().map(|w| w.failed).sum::<u64>());
+            family(
+                &mut out,
+                "kiln_task_attempts_failed_total",
+                "counter",
+                "Failed attempts reported by workers (transient and permanent).",
+            );
+            let _ =
+                writeln!(out, "kiln_task_attempts_failed_total {}", l.workers().iter().map(|w| w.failed).sum::<u64>());
             let workers: Vec<_> = l.workers().into_iter().filter(|w| w.connected).collect();
             family(&mut out, "kiln_workers_connected", "gauge", "Workers with an open session.");
             let _ = writeln!(out, "kiln_workers_connected {}", workers.len());

@@ -44,13 +44,28 @@ impl Kpis {
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        family(out, "kiln_lease_wait_seconds", "histogram", "Time a task waited in its queue before a worker leased it.");
+        family(
+            out,
+            "kiln_lease_wait_seconds",
+            "histogram",
+            "Time a task waited in its queue before a worker leased it.",
+        );
         self.lease_wait.write(out, "kiln_lease_wait_seconds", "");
-        family(out, "kiln_render_seconds", "histogram", "Render time per renderer, as reported with each accepted completion.");
+        family(
+            out,
+            "kiln_render_seconds",
+            "histogram",
+            "Render time per renderer, as reported with each accepted completion.",
+        );
         self.render.write(out, "kiln_render_seconds");
         family(out, "kiln_fetch_seconds", "histogram", "Time to fetch the master, per accepted completion.");
         self.fetch.write(out, "kiln_fetch_seconds", "");
-        family(out, "kiln_upload_seconds", "histogram", "Time to upload outputs and manifest, per accepted completion.");
+        family(
+            out,
+            "kiln_upload_seconds",
+            "histogram",
+            "Time to upload outputs and manifest, per accepted completion.",
+        );
         self.upload.write(out, "kiln_upload_seconds", "");
         family(out, "kiln_uploaded_bytes_total", "counter", "Bytes of derivatives reported by accepted completions.");
         let _ = writeln!(out, "kiln_uploaded_bytes_total {}", self.uploaded_bytes.load(Relaxed));

@@ -24,14 +24,13 @@ mod node;
 mod peer;
 pub mod raft_log;
 mod raft_logging;
+mod sessions;
 #[cfg(test)]
 mod sim;
-mod sessions;
 mod status;
 mod transport;
 
 use std::net::SocketAddr;
-
 
 use kiln_config::SchedulerOptions;
 use kiln_ledger::LedgerConfig;
@@ -76,9 +75,18 @@ pub(crate) fn cluster_to_pb(s: &NodeStatus) -> v1::ClusterResponse {
         members: s
             .members
             .iter()
-            .map(|(id, address, matched)| v1::ClusterMember { id: *id, address: address.clone(), matched_index: *matched })
+            .map(|(id, address, matched)| v1::ClusterMember {
+                id: *id,
+                address: address.clone(),
+                matched_index: *matched,
+            })
             .collect(),
-        leader_address: s.members.iter().find(|(id, _, _)| *id == s.leader_id).map(|(_, a, _)| a.clone()).unwrap_or_default(),
+        leader_address: s
+            .members
+            .iter()
+            .find(|(id, _, _)| *id == s.leader_id)
+            .map(|(_, a, _)| a.clone())
+            .unwrap_or_default(),
         role: s.role.to_owned(),
         last_index: s.last_index,
         snapshot_index: s.snapshot_index,
@@ -127,9 +135,8 @@ impl Running {
 
 /// Opens the node's storage, binds its listeners (port 0 picks a free port) and starts serving.
 pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
-    let grpc_listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| Error::Bind { addr: opts.listen, source })?;
+    let grpc_listener =
+        tokio::net::TcpListener::bind(opts.listen).await.map_err(|source| Error::Bind { addr: opts.listen, source })?;
     let http_listener = tokio::net::TcpListener::bind(opts.http_listen)
         .await
         .map_err(|source| Error::Bind { addr: opts.http_listen, source })?;
@@ -160,7 +167,8 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         randomized_election: true,
     };
     // Every node gets a real transport, even a one-member cluster: members can be added later.
-    let transport: Box<dyn node::Transport> = Box::new(transport::GrpcTransport::new(opts.node_id, requests_tx.clone()));
+    let transport: Box<dyn node::Transport> =
+        Box::new(transport::GrpcTransport::new(opts.node_id, requests_tx.clone()));
     let node = node::Node::open(node_config, transport, events_tx)
         .map_err(|source| Error::Start { dir: opts.data_dir.clone(), source })?;
     let node_thread = std::thread::Builder::new()
@@ -169,7 +177,8 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         .map_err(|e| Error::Start { dir: opts.data_dir.clone(), source: node::StartError::Thread(e) })?;
     let handle = Handle::new(requests_tx);
 
-    let hub = sessions::Hub::new(handle.clone(), opts.lease_ttl, opts.heartbeat_interval, opts.node_id, opts.work_stealing);
+    let hub =
+        sessions::Hub::new(handle.clone(), opts.lease_ttl, opts.heartbeat_interval, opts.node_id, opts.work_stealing);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(hub.clone().run_events(events_rx));

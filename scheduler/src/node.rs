@@ -89,8 +89,13 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
     /// Add a voter listening at `address`.
-    Add { id: u64, address: String },
-    Remove { id: u64 },
+    Add {
+        id: u64,
+        address: String,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
 /// The members after a change, or why raft refused it (the same refusal on every replica).
@@ -103,7 +108,10 @@ pub(crate) type FreshReadFn = Box<dyn FnOnce(Result<(&Ledger, &NodeStatus), Prop
 pub(crate) type ProposeReply = oneshot::Sender<Result<Result<Outcome, Rejection>, ProposeError>>;
 
 pub(crate) enum Request {
-    Propose { cmd: Command, reply: ProposeReply },
+    Propose {
+        cmd: Command,
+        reply: ProposeReply,
+    },
     /// Several proposals handed over at once (a worker's reports that arrived together): one
     /// wake-up of the node thread instead of one per command; each still gets its own outcome.
     ProposeMany(Vec<(Command, ProposeReply)>),
@@ -113,11 +121,17 @@ pub(crate) enum Request {
     FreshRead(FreshReadFn),
     Step(Box<Message>),
     /// Propose a membership change (leader only); answered once applied.
-    ChangeMembership { change: MemberChange, reply: MembershipReply },
+    ChangeMembership {
+        change: MemberChange,
+        reply: MembershipReply,
+    },
     /// The transport could not reach this peer.
     Unreachable(u64),
     /// A snapshot sent to this peer was delivered (or not).
-    SnapshotStatus { peer: u64, ok: bool },
+    SnapshotStatus {
+        peer: u64,
+        ok: bool,
+    },
     /// Finish the current round and stop (peer senders hold channel clones, so dropping every
     /// `Handle` is not enough to end the loop).
     Stop,
@@ -189,7 +203,8 @@ struct Image {
 }
 
 fn encode_image(members: &BTreeMap<u64, String>, ledger: &Ledger) -> Vec<u8> {
-    let image = Image { members: members.iter().map(|(id, a)| (*id, a.clone())).collect(), ledger: ledger.to_snapshot() };
+    let image =
+        Image { members: members.iter().map(|(id, a)| (*id, a.clone())).collect(), ledger: ledger.to_snapshot() };
     // Allocated once at its final size (see `Ledger::to_snapshot`); plain data cannot fail.
     let size = postcard::serialize_with_flavor(&image, postcard::ser_flavors::Size::default()).unwrap_or(0);
     postcard::to_extend(&image, Vec::with_capacity(size)).unwrap_or_default()
@@ -235,13 +250,23 @@ fn recover_alone(log: &mut RaftLog, config: &NodeConfig) -> Result<(), StartErro
     members.clear();
     members.insert(config.id, own);
     log.reset(Bootstrap { voters: vec![config.id], data: encode_image(&members, &ledger) })?;
-    tracing::warn!(node = config.id, snapshot = index, commit, replayed, tasks = ledger.submitted_total(), "forced a new one-member cluster from this node's data");
+    tracing::warn!(
+        node = config.id,
+        snapshot = index,
+        commit,
+        replayed,
+        tasks = ledger.submitted_total(),
+        "forced a new one-member cluster from this node's data"
+    );
     Ok(())
 }
 
 /// A stable 64-bit digest (FNV-1a) of the ledger, so replicas can be compared without shipping it.
 pub fn ledger_digest(ledger: &Ledger) -> u64 {
-    ledger.to_snapshot().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    ledger
+        .to_snapshot()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Why the node thread stopped serving. Each leaves the node unable to promise what it stores.
@@ -547,12 +572,16 @@ impl Node {
             // not in). Hand leadership to the most up-to-date voter; the client follows the hint
             // and the new leader removes this node.
             let me = self.config.id;
-            let voters: Vec<u64> = self.raw.store().conf_state().voters.iter().copied().filter(|id| *id != me).collect();
+            let voters: Vec<u64> =
+                self.raw.store().conf_state().voters.iter().copied().filter(|id| *id != me).collect();
             let best = voters.into_iter().max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched));
             if let Some(to) = best {
                 tracing::info!(from = me, to, "transferring leadership before removing this node");
                 self.raw.transfer_leader(to);
-                let _ = reply.send(Err(ProposeError::NotLeader { leader_id: to, leader_address: self.members.get(&to).cloned() }));
+                let _ = reply.send(Err(ProposeError::NotLeader {
+                    leader_id: to,
+                    leader_address: self.members.get(&to).cloned(),
+                }));
                 return;
             }
         }
@@ -812,7 +841,8 @@ impl Node {
         }
         // Addresses of nodes no longer in the configuration are forgotten (this one's is kept so
         // a removed node can still say who it was).
-        let in_conf: std::collections::BTreeSet<u64> = cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing).copied().collect();
+        let in_conf: std::collections::BTreeSet<u64> =
+            cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing).copied().collect();
         let own = self.config.id;
         self.members.retain(|id, _| in_conf.contains(id) || *id == own);
         tracing::info!(voters = ?cs.voters, "membership changed");
@@ -868,7 +898,8 @@ impl Node {
         }
         let status = self.status();
         let applied = self.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_waiting).into_iter().partition(|(i, _)| *i <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reads_waiting).into_iter().partition(|(i, _)| *i <= applied);
         self.reads_waiting = waiting;
         for (_, f) in ready {
             f(Ok((&self.ledger, &status)));
@@ -930,7 +961,11 @@ impl Node {
                 StateRole::Candidate => "candidate",
                 StateRole::PreCandidate => "pre-candidate",
             },
-            leader_heard_ms: if leader { 0 } else { raft.election_elapsed as u64 * self.config.tick.as_millis() as u64 },
+            leader_heard_ms: if leader {
+                0
+            } else {
+                raft.election_elapsed as u64 * self.config.tick.as_millis() as u64
+            },
             disk_bytes: self.disk_bytes,
         }
     }

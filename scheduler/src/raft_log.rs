@@ -106,7 +106,8 @@ fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
         // Streamed to the file rather than encoded into one more whole-ledger buffer.
         let f = std::fs::File::create(&tmp).map_err(io)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        protobuf::Message::write_to_writer(snapshot, &mut w).map_err(|source| Error::Corrupt { what: "snapshot", source })?;
+        protobuf::Message::write_to_writer(snapshot, &mut w)
+            .map_err(|source| Error::Corrupt { what: "snapshot", source })?;
         w.flush().map_err(io)?;
         w.get_ref().sync_all().map_err(io)?;
     }
@@ -136,7 +137,9 @@ fn open_db(dir: &Path) -> Result<sled::Db, Error> {
     loop {
         match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open() {
             // sled reports the lock as an io::Error of kind Other with this message, nothing more specific.
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && started.elapsed() < LOCK_WAIT => {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && started.elapsed() < LOCK_WAIT =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             other => return Ok(other?),
@@ -352,7 +355,10 @@ impl RaftLog {
 }
 
 fn conf_contains(cs: &ConfState, id: u64) -> bool {
-    cs.voters.contains(&id) || cs.learners.contains(&id) || cs.voters_outgoing.contains(&id) || cs.learners_next.contains(&id)
+    cs.voters.contains(&id)
+        || cs.learners.contains(&id)
+        || cs.voters_outgoing.contains(&id)
+        || cs.learners_next.contains(&id)
 }
 
 fn index_of(k: &[u8]) -> u64 {
@@ -412,7 +418,11 @@ impl raft::Storage for RaftLog {
         match stored {
             // A node refuses a snapshot whose configuration does not include it, so a node added
             // after the stored snapshot was taken needs a newer one.
-            Some(s) if s.get_metadata().index >= request_index && conf_contains(s.get_metadata().get_conf_state(), to) => Ok(s),
+            Some(s)
+                if s.get_metadata().index >= request_index && conf_contains(s.get_metadata().get_conf_state(), to) =>
+            {
+                Ok(s)
+            }
             _ => {
                 self.snapshot_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
@@ -521,7 +531,10 @@ mod tests {
             // Node 4 is not in the bootstrap configuration and would refuse this snapshot: the
             // node is asked for a fresh one instead.
             assert!(!log.take_snapshot_request());
-            assert!(matches!(log.snapshot(0, 4), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))));
+            assert!(matches!(
+                log.snapshot(0, 4),
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            ));
             assert!(log.take_snapshot_request());
             assert!(!log.take_snapshot_request(), "the request is taken once");
             log.append(&[entry(2, 1), entry(3, 1)]).expect("append");
@@ -531,7 +544,11 @@ mod tests {
         }
         // Reopening with other bootstrap values changes nothing: only a fresh store bootstraps.
         let mut log = RaftLog::open(dir.path(), Some(Bootstrap { voters: vec![9], data: vec![] })).expect("reopen");
-        assert_eq!(log.initial_state().expect("state").conf_state.voters, vec![1, 2, 3], "replay re-applies the change at 3");
+        assert_eq!(
+            log.initial_state().expect("state").conf_state.voters,
+            vec![1, 2, 3],
+            "replay re-applies the change at 3"
+        );
         assert_eq!(log.last_index().expect("last"), 3);
         log.set_conf_state(ConfState { voters: vec![1, 2, 3, 4], ..Default::default() });
         log.compact_with_snapshot(3, b"at 3".to_vec()).expect("snapshot");

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, Stream};
 use kiln_ledger::{Command, Effect, Outcome, WorkerSpec};
-use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up, worker_session_server::WorkerSession};
+use kiln_proto::v1::{
+    self, scheduler_message::Msg as Down, worker_message::Msg as Up, worker_session_server::WorkerSession,
+};
 use kiln_types::{QueueName, TaskId, WorkerId};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
@@ -97,7 +99,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(handle: Handle, lease_ttl: Duration, heartbeat_interval: Duration, node_id: u64, steal: bool) -> Arc<Self> {
+    pub fn new(
+        handle: Handle,
+        lease_ttl: Duration,
+        heartbeat_interval: Duration,
+        node_id: u64,
+        steal: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             handle,
             sessions: Mutex::new(HashMap::new()),
@@ -148,10 +156,8 @@ impl Hub {
                     let leader = self.handle.status().await.ok().and_then(|s| {
                         s.members.iter().find(|(id, _, _)| *id == s.leader_id).map(|(_, a, _)| a.clone())
                     });
-                    let err = from_propose(crate::node::ProposeError::NotLeader {
-                        leader_id: 0,
-                        leader_address: leader,
-                    });
+                    let err =
+                        from_propose(crate::node::ProposeError::NotLeader { leader_id: 0, leader_address: leader });
                     let drained: Vec<Session> = self.sessions().drain().map(|(_, s)| s).collect();
                     for s in drained {
                         // A full stream ends anyway once its sender is dropped here.
@@ -195,10 +201,18 @@ impl Hub {
                 .handle
                 .read(move |l, node| {
                     node.is_leader.then(|| {
-                        let unregistered: Vec<WorkerId> =
-                            wanting.iter().filter(|(w, _)| l.worker(w).is_none_or(|r| !r.connected)).map(|(w, _)| w.clone()).collect();
-                        let (ready, idle): (Vec<_>, Vec<_>) = wanting.into_iter().partition(|(w, _)| l.has_ready_for(w, now));
-                        let steals = if steal { plan_steals(l, idle, &unstarted, &started_at, now, min_age_ms) } else { Vec::new() };
+                        let unregistered: Vec<WorkerId> = wanting
+                            .iter()
+                            .filter(|(w, _)| l.worker(w).is_none_or(|r| !r.connected))
+                            .map(|(w, _)| w.clone())
+                            .collect();
+                        let (ready, idle): (Vec<_>, Vec<_>) =
+                            wanting.into_iter().partition(|(w, _)| l.has_ready_for(w, now));
+                        let steals = if steal {
+                            plan_steals(l, idle, &unstarted, &started_at, now, min_age_ms)
+                        } else {
+                            Vec::new()
+                        };
                         (ready, steals, unregistered)
                     })
                 })
@@ -258,7 +272,8 @@ impl Hub {
         if wanting.is_empty() {
             return;
         }
-        let commands = wanting.iter().map(|(worker, want)| Command::Lease { worker: worker.clone(), max: *want }).collect();
+        let commands =
+            wanting.iter().map(|(worker, want)| Command::Lease { worker: worker.clone(), max: *want }).collect();
         let outcomes = self.handle.propose_many(commands).await;
         let deliveries = wanting.into_iter().zip(outcomes).filter_map(|((worker, _), outcome)| match outcome {
             Ok(Ok(Outcome::Leased(leases))) if !leases.is_empty() => {
@@ -303,7 +318,10 @@ impl Hub {
         // Bounded, because the dispatcher waits for every delivery of a round: one worker that
         // stopped reading its stream must not stop the leasing to all the others.
         let delivered = match tx {
-            Some(tx) => tx.send_timeout(Ok(v1::SchedulerMessage { msg: Some(Down::Assign(assign)) }), SEND_TIMEOUT).await.is_ok(),
+            Some(tx) => tx
+                .send_timeout(Ok(v1::SchedulerMessage { msg: Some(Down::Assign(assign)) }), SEND_TIMEOUT)
+                .await
+                .is_ok(),
             None => false,
         };
         if !delivered {
@@ -371,7 +389,12 @@ impl Hub {
                             continue;
                         }
                     };
-                    commands.push(Command::Complete { task: TaskId(lease.task_id), lease_seq: lease.lease_seq, worker: worker.clone(), result });
+                    commands.push(Command::Complete {
+                        task: TaskId(lease.task_id),
+                        lease_seq: lease.lease_seq,
+                        worker: worker.clone(),
+                        result,
+                    });
                     acks.push((lease, Some(reported)));
                 }
                 Up::Failed(f) => {
@@ -485,10 +508,15 @@ fn plan_steals(
         if free == 0 {
             continue;
         }
-        let plan = l.steal_plan(&thief, free, &|t, seq| !unstarted.contains(&(t.0, seq)) || taken.contains(&(t.0, seq)));
+        let plan =
+            l.steal_plan(&thief, free, &|t, seq| !unstarted.contains(&(t.0, seq)) || taken.contains(&(t.0, seq)));
         let backups = if plan.is_empty() {
             l.backup_plan(&thief, free, now, min_age_ms, &|t, seq| {
-                if taken.contains(&(t.0, seq)) { None } else { started_at.get(&(t.0, seq)).copied() }
+                if taken.contains(&(t.0, seq)) {
+                    None
+                } else {
+                    started_at.get(&(t.0, seq)).copied()
+                }
             })
         } else {
             Vec::new()
@@ -534,7 +562,10 @@ impl SessionService {
 impl WorkerSession for SessionService {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::SchedulerMessage, Status>> + Send>>;
 
-    async fn session(&self, request: Request<Streaming<v1::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
             .await
@@ -544,7 +575,8 @@ impl WorkerSession for SessionService {
             Some(Err(e)) => return Err(e),
             _ => return Err(Status::invalid_argument("a session must open with Hello")),
         };
-        let held: std::collections::BTreeSet<(u64, u32)> = hello.held.iter().map(|l| (l.task_id, l.lease_seq)).collect();
+        let held: std::collections::BTreeSet<(u64, u32)> =
+            hello.held.iter().map(|l| (l.task_id, l.lease_seq)).collect();
         let spec = spec_from_hello(hello)?;
         let worker = spec.id.clone();
         let hub = self.hub.clone();
@@ -590,7 +622,11 @@ impl WorkerSession for SessionService {
             .collect::<Vec<_>>();
         if !orphaned.is_empty() {
             tracing::info!(%worker, count = orphaned.len(), "worker came back without some of its leases: releasing them");
-            let cmd = Command::Release { worker: worker.clone(), leases: orphaned, reason: "worker restarted without this task".into() };
+            let cmd = Command::Release {
+                worker: worker.clone(),
+                leases: orphaned,
+                reason: "worker restarted without this task".into(),
+            };
             let _ = hub.handle.propose(cmd).await;
             hub.wake.notify_one();
         }

@@ -186,7 +186,12 @@ impl Sim {
             members: (1..=3).map(|id| (id, format!("sim://{id}"))).collect(),
             join: false,
             force_new_cluster: false,
-            ledger: LedgerConfig { lease_ttl_ms: 2_000, backoff_base_ms: 100, backoff_max_ms: 1_000, ..LedgerConfig::default() },
+            ledger: LedgerConfig {
+                lease_ttl_ms: 2_000,
+                backoff_base_ms: 100,
+                backoff_max_ms: 1_000,
+                ..LedgerConfig::default()
+            },
             tick: Duration::from_millis(ROUND_MS as u64),
             // Distinct, fixed election timeouts: raft-rs's own randomness would make runs unrepeatable.
             election_ticks: 10 + 4 * (n.id as usize - 1),
@@ -374,7 +379,8 @@ impl Sim {
             self.worker.reports.push(rx);
         }
         let round = self.round;
-        let (done, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.worker.held).into_iter().partition(|(_, _, at)| *at <= round);
+        let (done, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.worker.held).into_iter().partition(|(_, _, at)| *at <= round);
         self.worker.held = held;
         for (task, lease_seq, _) in done {
             let cmd = Command::Complete { task, lease_seq, worker: w.clone(), result: Default::default() };
@@ -390,9 +396,16 @@ impl Sim {
         for (request_id, sent_at, mut rx) in std::mem::take(&mut self.oracle.pending) {
             match rx.try_recv() {
                 Ok(Ok(Ok(Outcome::Submitted(results)))) => {
-                    let task = results.first().map(|r| r.task).unwrap_or_else(|| panic!("seed {}: empty submit outcome", self.seed));
+                    let task = results
+                        .first()
+                        .map(|r| r.task)
+                        .unwrap_or_else(|| panic!("seed {}: empty submit outcome", self.seed));
                     if let Some(previous) = self.oracle.acked.insert(request_id.clone(), task) {
-                        assert_eq!(previous, task, "seed {}: {request_id} acknowledged as two different tasks", self.seed);
+                        assert_eq!(
+                            previous, task,
+                            "seed {}: {request_id} acknowledged as two different tasks",
+                            self.seed
+                        );
                     }
                     self.oracle.unknown.remove(&request_id);
                 }
@@ -443,10 +456,13 @@ impl Sim {
     /// The end of a run: every acknowledged submit is there once, nothing nobody sent is.
     fn audit(&self) {
         let leader = self.leader().unwrap_or_else(|| panic!("seed {}: no leader after healing", self.seed));
-        let ledger = self.nodes[(leader - 1) as usize].node.as_ref().map(Node::ledger).unwrap_or_else(|| panic!("leader down"));
+        let ledger =
+            self.nodes[(leader - 1) as usize].node.as_ref().map(Node::ledger).unwrap_or_else(|| panic!("leader down"));
         for (request_id, task) in &self.oracle.acked {
             let rid = RequestId::new(request_id.as_str()).unwrap_or_else(|e| panic!("{e}"));
-            let found = ledger.task_by_request(&rid).unwrap_or_else(|| panic!("seed {}: acknowledged {request_id} was lost", self.seed));
+            let found = ledger
+                .task_by_request(&rid)
+                .unwrap_or_else(|| panic!("seed {}: acknowledged {request_id} was lost", self.seed));
             assert_eq!(found.id, *task, "seed {}: {request_id} changed task id", self.seed);
         }
         let all = ledger.list(&kiln_ledger::TaskFilter { limit: usize::MAX, ..Default::default() });
@@ -528,7 +544,8 @@ fn lone_leader(dir: &std::path::Path, batch_window: Duration) -> Node {
         randomized_election: false,
     };
     let (tx, _rx) = mpsc::unbounded_channel();
-    let mut node = Node::open(config, Box::new(Outbox(Arc::new(Mutex::new(Vec::new())))), tx).unwrap_or_else(|e| panic!("open: {e}"));
+    let mut node = Node::open(config, Box::new(Outbox(Arc::new(Mutex::new(Vec::new())))), tx)
+        .unwrap_or_else(|e| panic!("open: {e}"));
     for _ in 0..5 {
         node.round(Vec::new(), true).unwrap_or_else(|e| panic!("round: {e}"));
     }
@@ -548,7 +565,8 @@ fn a_batch_too_big_for_one_entry_is_split() {
         let jobs = (0..10_000)
             .map(|i| {
                 let mut j = job(&format!("{tag}-{i}"));
-                j.asset_guid = AssetGuid::new(format!("{}/{tag}-{i}.wav", "x".repeat(480))).unwrap_or_else(|e| panic!("guid: {e}"));
+                j.asset_guid = AssetGuid::new(format!("{}/{tag}-{i}.wav", "x".repeat(480)))
+                    .unwrap_or_else(|e| panic!("guid: {e}"));
                 j
             })
             .collect();
@@ -556,7 +574,8 @@ fn a_batch_too_big_for_one_entry_is_split() {
     };
     let (a_tx, mut a_rx) = oneshot::channel();
     let (b_tx, mut b_rx) = oneshot::channel();
-    let requests = vec![Request::Propose { cmd: big("a"), reply: a_tx }, Request::Propose { cmd: big("b"), reply: b_tx }];
+    let requests =
+        vec![Request::Propose { cmd: big("a"), reply: a_tx }, Request::Propose { cmd: big("b"), reply: b_tx }];
     node.round(requests, false).unwrap_or_else(|e| panic!("round: {e}"));
     assert_eq!(node.node_status().last_index, before + 2, "one entry per half of the batch");
     for rx in [&mut a_rx, &mut b_rx] {
@@ -576,7 +595,8 @@ fn proposals_within_the_batch_window_share_one_entry() {
     const WINDOW: Duration = Duration::from_millis(300);
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut node = lone_leader(tmp.path(), WINDOW);
-    let round = |node: &mut Node, requests: Vec<Request>| node.round(requests, false).unwrap_or_else(|e| panic!("round: {e}"));
+    let round =
+        |node: &mut Node, requests: Vec<Request>| node.round(requests, false).unwrap_or_else(|e| panic!("round: {e}"));
     // Let the new leader's own proposal (the lease grace) go out, then let its window pass.
     std::thread::sleep(WINDOW);
     round(&mut node, Vec::new());

@@ -170,10 +170,8 @@ async fn peer_sender(
 async fn send_snapshot(client: &mut PeerClient, self_id: u64, msg: &Message) -> bool {
     let Ok(bytes) = msg.write_to_bytes() else { return false };
     let total = bytes.len();
-    let chunks: Vec<v1::RaftChunk> = bytes
-        .chunks(CHUNK_BYTES)
-        .map(|c| v1::RaftChunk { from: self_id, data: c.to_vec() })
-        .collect();
+    let chunks: Vec<v1::RaftChunk> =
+        bytes.chunks(CHUNK_BYTES).map(|c| v1::RaftChunk { from: self_id, data: c.to_vec() }).collect();
     let started = std::time::Instant::now();
     let mut request = tonic::Request::new(tokio_stream::iter(chunks));
     request.set_timeout(SNAPSHOT_TIMEOUT);

@@ -80,7 +80,8 @@ async fn single_node_recovers_every_task_after_restart() {
     node.shutdown().await;
 
     let node = kiln_scheduler::start(&opts).await.expect("restart");
-    wait_until("the restarted node to lead", || async { node.handle().status().await.is_ok_and(|s| s.is_leader) }).await;
+    wait_until("the restarted node to lead", || async { node.handle().status().await.is_ok_and(|s| s.is_leader) })
+        .await;
     assert_eq!(task_count(&node).await, 600);
     // Idempotency survives the restart too.
     let again = submit(vec![address], jobs("b0", 5)).await;
@@ -163,8 +164,9 @@ async fn a_follower_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ports, peers) = three_peers();
     let addresses: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
-    let opts: Vec<SchedulerOptions> =
-        (0..3).map(|i| SchedulerOptions { snapshot_every: 20, ..options(dir.path(), i as u64 + 1, ports[i], peers.clone()) }).collect();
+    let opts: Vec<SchedulerOptions> = (0..3)
+        .map(|i| SchedulerOptions { snapshot_every: 20, ..options(dir.path(), i as u64 + 1, ports[i], peers.clone()) })
+        .collect();
     let mut nodes = Vec::new();
     for o in &opts {
         nodes.push(Some(kiln_scheduler::start(o).await.expect("start")));
@@ -204,7 +206,9 @@ async fn a_node_is_replaced_by_adding_a_new_one_and_removing_the_old() {
     let addresses: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
     let mut nodes = Vec::new();
     for (i, port) in ports.iter().enumerate() {
-        nodes.push(Some(kiln_scheduler::start(&options(dir.path(), i as u64 + 1, *port, peers.clone())).await.expect("start")));
+        nodes.push(Some(
+            kiln_scheduler::start(&options(dir.path(), i as u64 + 1, *port, peers.clone())).await.expect("start"),
+        ));
     }
     submit(addresses.clone(), jobs("before", 100)).await;
 
@@ -265,8 +269,9 @@ async fn a_survivor_of_a_lost_majority_restarts_as_a_new_cluster_with_every_comm
     let dir = tempfile::tempdir().expect("tempdir");
     let (ports, peers) = three_peers();
     let addresses: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
-    let opts: Vec<SchedulerOptions> =
-        (0..3).map(|i| SchedulerOptions { snapshot_every: 20, ..options(dir.path(), i as u64 + 1, ports[i], peers.clone()) }).collect();
+    let opts: Vec<SchedulerOptions> = (0..3)
+        .map(|i| SchedulerOptions { snapshot_every: 20, ..options(dir.path(), i as u64 + 1, ports[i], peers.clone()) })
+        .collect();
     let mut nodes = Vec::new();
     for o in &opts {
         nodes.push(kiln_scheduler::start(o).await.expect("start"));
@@ -284,13 +289,15 @@ async fn a_survivor_of_a_lost_majority_restarts_as_a_new_cluster_with_every_comm
     // Nodes 1 and 3 are gone for good; node 2 alone cannot elect itself, until forced.
     let forced = SchedulerOptions { force_new_cluster: true, ..opts[1].clone() };
     let survivor = kiln_scheduler::start(&forced).await.expect("force a new cluster");
-    wait_until("the survivor to lead alone", || async { survivor.handle().status().await.is_ok_and(|s| s.is_leader) }).await;
+    wait_until("the survivor to lead alone", || async { survivor.handle().status().await.is_ok_and(|s| s.is_leader) })
+        .await;
     assert_eq!(task_count(&survivor).await, 120);
     submit(vec![addresses[1].clone()], jobs("after", 10)).await;
     survivor.shutdown().await;
     // Without the flag it is now simply a one-member cluster.
     let survivor = kiln_scheduler::start(&opts[1]).await.expect("restart");
-    wait_until("the survivor to lead again", || async { survivor.handle().status().await.is_ok_and(|s| s.is_leader) }).await;
+    wait_until("the survivor to lead again", || async { survivor.handle().status().await.is_ok_and(|s| s.is_leader) })
+        .await;
     assert_eq!(task_count(&survivor).await, 130);
     let members = survivor.handle().status().await.expect("status").members;
     assert_eq!(members.iter().map(|m| m.0).collect::<Vec<_>>(), vec![2]);

@@ -44,7 +44,15 @@ pub struct TestCluster {
     pub workers: Vec<KilnProcess>,
 }
 
-fn toml_config(id: u64, dir: &Path, grpc: u16, http: u16, peers: &[(u64, String)], join: bool, settings: &[(String, String)]) -> String {
+fn toml_config(
+    id: u64,
+    dir: &Path,
+    grpc: u16,
+    http: u16,
+    peers: &[(u64, String)],
+    join: bool,
+    settings: &[(String, String)],
+) -> String {
     let mut s = String::from("[scheduler]\n");
     s.push_str(&format!("node_id = {id}\n"));
     s.push_str(&format!("data_dir = {:?}\n", dir.join(format!("node-{id}")).display().to_string()));
@@ -81,7 +89,8 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         let args = vec!["scheduler".to_owned(), "--config".to_owned(), config.display().to_string()];
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = KilnProcess::start(&format!("node-{id}"), &self.binary, &argv, &[("KILN_LOG", "info")], self.dir.path());
+        let process =
+            KilnProcess::start(&format!("node-{id}"), &self.binary, &argv, &[("KILN_LOG", "info")], self.dir.path());
         self.nodes.push(Node { id, address: format!("http://127.0.0.1:{grpc}"), config, process, args });
         let last = self.nodes.len() - 1;
         &mut self.nodes[last]

@@ -12,4 +12,4 @@ mod wav;
 
 pub use cluster::{Node, TestCluster};
 pub use process::{free_port, run, wait_for, KilnProcess};
-pub use wav::{write_wav, write_sine_wav};
+pub use wav::{write_sine_wav, write_wav};

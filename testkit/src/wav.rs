@@ -29,8 +29,7 @@ pub fn write_wav(path: &Path, sample_rate: u32, channels: u16, samples: &[f32]) 
 /// A mono sine of `freq` Hz at `amplitude` (peak, linear) for `secs` seconds.
 pub fn write_sine_wav(path: &Path, sample_rate: u32, secs: f32, freq: f32, amplitude: f32) -> std::io::Result<()> {
     let n = (sample_rate as f32 * secs) as usize;
-    let samples: Vec<f32> = (0..n)
-        .map(|i| amplitude * (2.0 * std::f32::consts::PI * freq * i as f32 / sample_rate as f32).sin())
-        .collect();
+    let samples: Vec<f32> =
+        (0..n).map(|i| amplitude * (2.0 * std::f32::consts::PI * freq * i as f32 / sample_rate as f32).sin()).collect();
     write_wav(path, sample_rate, 1, &samples)
 }

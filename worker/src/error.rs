@@ -116,7 +116,8 @@ mod tests {
         let corrupt = TaskError::from(kiln_render::Error::Undecodable("no RIFF header".into()));
         assert!(corrupt.is_permanent());
         assert_eq!(corrupt.to_string(), "undecodable master: no RIFF header");
-        let internal = TaskError::from(kiln_render::Error::Internal { renderer: "aac128".into(), reason: "oom".into() });
+        let internal =
+            TaskError::from(kiln_render::Error::Internal { renderer: "aac128".into(), reason: "oom".into() });
         assert!(!internal.is_permanent());
         let big = TaskError::MasterTooLarge { key: "a.wav".into(), size: 10, limit: 5 };
         assert!(big.is_permanent());

@@ -81,7 +81,13 @@ pub struct Origin<'a> {
 }
 
 impl Manifest {
-    pub fn new(origin: Origin<'_>, master: Master, metadata: BTreeMap<String, serde_json::Value>, outputs: Vec<Output>, timings: Timings) -> Self {
+    pub fn new(
+        origin: Origin<'_>,
+        master: Master,
+        metadata: BTreeMap<String, serde_json::Value>,
+        outputs: Vec<Output>,
+        timings: Timings,
+    ) -> Self {
         let job = origin.job;
         Self {
             request_id: job.request_id.to_string(),
@@ -117,7 +123,12 @@ impl Manifest {
                     content_type: o.content_type.clone(),
                 })
                 .collect(),
-            timings: self.timings.renderers.iter().map(|(r, us)| v1::RendererTiming { renderer: r.clone(), micros: *us }).collect(),
+            timings: self
+                .timings
+                .renderers
+                .iter()
+                .map(|(r, us)| v1::RendererTiming { renderer: r.clone(), micros: *us })
+                .collect(),
             manifest_uri,
             fetch_micros: self.timings.fetch_micros,
             decode_micros: self.timings.decode_micros,
@@ -169,8 +180,21 @@ mod tests {
     fn manifest_has_the_documented_shape() {
         let v = serde_json::to_value(manifest()).expect("json");
         for key in [
-            "request_id", "release_id", "asset_id", "asset_guid", "derivative_assets", "queue", "task_id", "attempt",
-            "worker", "rendered_at", "master", "metadata", "outputs", "timings", "kiln_version",
+            "request_id",
+            "release_id",
+            "asset_id",
+            "asset_guid",
+            "derivative_assets",
+            "queue",
+            "task_id",
+            "attempt",
+            "worker",
+            "rendered_at",
+            "master",
+            "metadata",
+            "outputs",
+            "timings",
+            "kiln_version",
         ] {
             assert!(v.get(key).is_some(), "missing {key} in {v}");
         }

@@ -133,24 +133,82 @@ impl Metrics {
         family("kiln_worker_slots", "gauge", "Render slots of this worker.", &[("", g(&self.slots))]);
         family("kiln_worker_busy_slots", "gauge", "Slots rendering right now.", &[("", g(&self.busy_slots))]);
         family("kiln_worker_held_leases", "gauge", "Leases held and not yet reported.", &[("", g(&self.held))]);
-        family("kiln_worker_prefetched_tasks", "gauge", "Leases held but not started (prefetch depth).", &[("", g(&self.buffered))]);
-        family("kiln_worker_tasks_completed_total", "counter", "Tasks rendered and reported as completed.", &[("", g(&self.completed))]);
+        family(
+            "kiln_worker_prefetched_tasks",
+            "gauge",
+            "Leases held but not started (prefetch depth).",
+            &[("", g(&self.buffered))],
+        );
+        family(
+            "kiln_worker_tasks_completed_total",
+            "counter",
+            "Tasks rendered and reported as completed.",
+            &[("", g(&self.completed))],
+        );
         family(
             "kiln_worker_tasks_failed_total",
             "counter",
             "Tasks reported as failed, by class.",
-            &[("{class=\"permanent\"}", g(&self.failed_permanent)), ("{class=\"transient\"}", g(&self.failed_transient))],
+            &[
+                ("{class=\"permanent\"}", g(&self.failed_permanent)),
+                ("{class=\"transient\"}", g(&self.failed_transient)),
+            ],
         );
-        family("kiln_worker_tasks_released_total", "counter", "Leases given back unstarted (drain).", &[("", g(&self.released))]);
-        family("kiln_worker_tasks_revoked_total", "counter", "Unstarted tasks dropped on the scheduler's word.", &[("", g(&self.revoked))]);
+        family(
+            "kiln_worker_tasks_released_total",
+            "counter",
+            "Leases given back unstarted (drain).",
+            &[("", g(&self.released))],
+        );
+        family(
+            "kiln_worker_tasks_revoked_total",
+            "counter",
+            "Unstarted tasks dropped on the scheduler's word.",
+            &[("", g(&self.revoked))],
+        );
         family("kiln_worker_fetched_bytes_total", "counter", "Bytes of masters read.", &[("", g(&self.bytes_fetched))]);
-        family("kiln_worker_uploaded_bytes_total", "counter", "Bytes of derivatives written.", &[("", g(&self.bytes_uploaded))]);
-        family("kiln_worker_fetch_seconds_total", "counter", "Time spent reading masters.", &[("", self.fetch.sum_secs())]);
-        family("kiln_worker_upload_seconds_total", "counter", "Time spent writing derivatives.", &[("", self.upload.sum_secs())]);
-        family("kiln_worker_slot_busy_seconds_total", "counter", "Time slots spent rendering.", &[("", secs(&self.slot_busy_micros))]);
-        family("kiln_worker_sessions_opened_total", "counter", "Sessions opened with a scheduler.", &[("", g(&self.sessions_opened))]);
-        family("kiln_worker_connected", "gauge", "1 while a session is open.", &[("", f64::from(u8::from(self.connected.load(Relaxed))))]);
-        family("kiln_worker_draining", "gauge", "1 once the worker drains.", &[("", f64::from(u8::from(self.draining.load(Relaxed))))]);
+        family(
+            "kiln_worker_uploaded_bytes_total",
+            "counter",
+            "Bytes of derivatives written.",
+            &[("", g(&self.bytes_uploaded))],
+        );
+        family(
+            "kiln_worker_fetch_seconds_total",
+            "counter",
+            "Time spent reading masters.",
+            &[("", self.fetch.sum_secs())],
+        );
+        family(
+            "kiln_worker_upload_seconds_total",
+            "counter",
+            "Time spent writing derivatives.",
+            &[("", self.upload.sum_secs())],
+        );
+        family(
+            "kiln_worker_slot_busy_seconds_total",
+            "counter",
+            "Time slots spent rendering.",
+            &[("", secs(&self.slot_busy_micros))],
+        );
+        family(
+            "kiln_worker_sessions_opened_total",
+            "counter",
+            "Sessions opened with a scheduler.",
+            &[("", g(&self.sessions_opened))],
+        );
+        family(
+            "kiln_worker_connected",
+            "gauge",
+            "1 while a session is open.",
+            &[("", f64::from(u8::from(self.connected.load(Relaxed))))],
+        );
+        family(
+            "kiln_worker_draining",
+            "gauge",
+            "1 once the worker drains.",
+            &[("", f64::from(u8::from(self.draining.load(Relaxed))))],
+        );
         let ran: Vec<(String, f64, f64)> = self
             .render
             .iter()

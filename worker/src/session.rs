@@ -212,7 +212,11 @@ enum Ended {
 }
 
 fn normalize(address: &str) -> String {
-    if address.contains("://") { address.to_owned() } else { format!("http://{address}") }
+    if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    }
 }
 
 fn ended_by(status: &tonic::Status, welcomed: bool) -> Ended {
@@ -265,7 +269,17 @@ impl Session {
         events: mpsc::Sender<Event>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { addresses, current: 0, hello, reports, reports_open: true, status, events, metrics, outbox: Outbox::default() }
+        Self {
+            addresses,
+            current: 0,
+            hello,
+            reports,
+            reports_open: true,
+            status,
+            events,
+            metrics,
+            outbox: Outbox::default(),
+        }
     }
 
     /// Keeps a session open until `stop` turns true (or its sender goes away).
@@ -352,7 +366,8 @@ impl Session {
                 return lost(format!("cannot connect: {e}{cause}"));
             }
         };
-        let mut client = v1::worker_session_client::WorkerSessionClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut client =
+            v1::worker_session_client::WorkerSessionClient::new(channel).max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(OUTBOUND_CAPACITY);
         let out = Outbound { tx };
         let mut hello = self.hello.clone();
@@ -476,7 +491,11 @@ impl Session {
                 let key = key_of(&lease);
                 self.outbox.ack(key);
                 if !a.accepted {
-                    tracing::debug!(task = lease.task_id, lease_seq = lease.lease_seq, "report was stale; the ledger ignored it");
+                    tracing::debug!(
+                        task = lease.task_id,
+                        lease_seq = lease.lease_seq,
+                        "report was stale; the ledger ignored it"
+                    );
                 }
                 Event::Acked { lease: key, accepted: a.accepted }
             }

@@ -35,14 +35,20 @@ use crate::metrics::Metrics;
 /// to control timing and failures.
 pub trait Render: Send + Sync + 'static {
     /// Decodes `master` once and runs `renderers` over it. Blocking.
-    fn render(&self, master: &[u8], hint: Option<&str>, renderers: &[&str]) -> Result<RenderReport, kiln_render::Error>;
+    fn render(&self, master: &[u8], hint: Option<&str>, renderers: &[&str])
+        -> Result<RenderReport, kiln_render::Error>;
 
     /// Renderer names this implementation offers (sent in `Hello`).
     fn names(&self) -> Vec<String>;
 }
 
 impl Render for kiln_render::Pipeline {
-    fn render(&self, master: &[u8], hint: Option<&str>, renderers: &[&str]) -> Result<RenderReport, kiln_render::Error> {
+    fn render(
+        &self,
+        master: &[u8],
+        hint: Option<&str>,
+        renderers: &[&str],
+    ) -> Result<RenderReport, kiln_render::Error> {
         self.run(master, hint, renderers)
     }
 
@@ -231,7 +237,12 @@ mod tests {
     struct Fake;
 
     impl Render for Fake {
-        fn render(&self, master: &[u8], _hint: Option<&str>, renderers: &[&str]) -> Result<RenderReport, kiln_render::Error> {
+        fn render(
+            &self,
+            master: &[u8],
+            _hint: Option<&str>,
+            renderers: &[&str],
+        ) -> Result<RenderReport, kiln_render::Error> {
             if master == b"panic" {
                 panic!("boom");
             }
@@ -244,7 +255,11 @@ mod tests {
                     renderer: (*r).to_owned(),
                     rendered: kiln_render::Rendered {
                         metadata: serde_json::json!({ "len": master.len() }),
-                        files: vec![OutputFile { name: format!("{r}.txt"), content_type: "text/plain", bytes: b"abc".to_vec() }],
+                        files: vec![OutputFile {
+                            name: format!("{r}.txt"),
+                            content_type: "text/plain",
+                            bytes: b"abc".to_vec(),
+                        }],
                     },
                     micros: 7,
                 })
@@ -260,7 +275,14 @@ mod tests {
     async fn render(slots: &Slots, master: &'static [u8], stage: Arc<Stage>) -> Option<Result<Rendered, TaskError>> {
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.expect("permit");
         let (reply, rx) = oneshot::channel();
-        let job = Job { master: Bytes::from_static(master), hint: None, renderers: vec!["loudness".into()], stage, permit, reply };
+        let job = Job {
+            master: Bytes::from_static(master),
+            hint: None,
+            renderers: vec!["loudness".into()],
+            stage,
+            permit,
+            reply,
+        };
         slots.sender().send_async(job).await.expect("send");
         rx.await.ok()
     }

@@ -158,7 +158,9 @@ impl Remote {
                 if let Some(endpoint) = &self.s3_endpoint {
                     b = b.with_endpoint(endpoint);
                 }
-                Arc::new(b.with_client_options(self.client()).with_retry(self.retry()).build().map_err(|e| e.to_string())?)
+                Arc::new(
+                    b.with_client_options(self.client()).with_retry(self.retry()).build().map_err(|e| e.to_string())?,
+                )
             }
             "gs" => {
                 let mut b = GoogleCloudStorageBuilder::new();
@@ -186,7 +188,11 @@ impl Remote {
                 let b = HttpBuilder::new().with_url(base).with_client_options(self.client()).with_retry(self.retry());
                 Arc::new(b.build().map_err(|e| e.to_string())?)
             }
-            other => return Err(format!("unsupported scheme {other:?} (use a path, file://, s3://, gs://, az:// or http(s)://)")),
+            other => {
+                return Err(format!(
+                    "unsupported scheme {other:?} (use a path, file://, s3://, gs://, az:// or http(s)://)"
+                ))
+            }
         };
         Ok(store)
     }
@@ -290,7 +296,6 @@ impl Location {
         let path: Path = self.prefix.parts().chain(parts).collect();
         Ok(Key { path, uri: format!("{}/{}", self.base, rel.join("/")) })
     }
-
 }
 
 /// Masters in, derivatives out.
@@ -383,7 +388,8 @@ mod tests {
 
     #[test]
     fn a_prefix_inside_the_store_is_kept() {
-        let loc = Location { prefix: Path::from("bucket-prefix/derivs"), ..Location::memory("s3://b/bucket-prefix/derivs") };
+        let loc =
+            Location { prefix: Path::from("bucket-prefix/derivs"), ..Location::memory("s3://b/bucket-prefix/derivs") };
         let k = loc.key(["a", "manifest.json"]).expect("key");
         assert_eq!(k.path.as_ref(), "bucket-prefix/derivs/a/manifest.json");
         assert_eq!(k.uri, "s3://b/bucket-prefix/derivs/a/manifest.json");
@@ -432,7 +438,8 @@ mod tests {
         let opts = WorkerOptions {
             s3_endpoint: Some("http://127.0.0.1:9".into()),
             store_allow_http: true,
-            store_options: [("aws_access_key_id".into(), "k".into()), ("aws_secret_access_key".into(), "s".into())].into(),
+            store_options: [("aws_access_key_id".into(), "k".into()), ("aws_secret_access_key".into(), "s".into())]
+                .into(),
             ..WorkerOptions::default()
         };
         let remote = Remote::from_options(&opts);
@@ -442,10 +449,18 @@ mod tests {
         assert_eq!(k.uri, "s3://bucket/some/prefix/a/b.wav");
         let http = Location::open("masters", "https://cdn.example.invalid/masters", false, &remote).expect("http");
         assert_eq!(http.key(["x.wav"]).expect("key").path.as_ref(), "masters/x.wav");
-        let az = Location::open("masters", "az://container/p", false, &Remote {
-            options: vec![("azure_storage_account_name".into(), "acct".into()), ("azure_storage_use_emulator".into(), "true".into())],
-            ..remote.clone()
-        });
+        let az = Location::open(
+            "masters",
+            "az://container/p",
+            false,
+            &Remote {
+                options: vec![
+                    ("azure_storage_account_name".into(), "acct".into()),
+                    ("azure_storage_use_emulator".into(), "true".into()),
+                ],
+                ..remote.clone()
+            },
+        );
         assert!(az.is_ok(), "{az:?}");
         let e = Location::open("masters", "ftp://host/x", false, &remote).expect_err("ftp");
         assert!(e.to_string().contains("unsupported scheme"), "{e}");
@@ -453,7 +468,13 @@ mod tests {
 
     #[test]
     fn only_cloud_variables_of_the_environment_become_options() {
-        let env = [("AWS_REGION", "eu-west-1"), ("PATH", "/bin"), ("GOOGLE_BUCKET", "b"), ("AZURE_X", "y"), ("HOME", "/root")];
+        let env = [
+            ("AWS_REGION", "eu-west-1"),
+            ("PATH", "/bin"),
+            ("GOOGLE_BUCKET", "b"),
+            ("AZURE_X", "y"),
+            ("HOME", "/root"),
+        ];
         let got = env_options(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["aws_region", "google_bucket", "azure_x"]);

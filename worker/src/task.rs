@@ -25,9 +25,9 @@ use kiln_types::EncodeJob;
 use crate::budget::MemoryBudget;
 use crate::error::TaskError;
 use crate::manifest::{self, Manifest};
+use crate::metrics::Metrics;
 use crate::slots::{Job, Rendered, Stage};
 use crate::store::{Store, MANIFEST_FILE};
-use crate::metrics::Metrics;
 
 /// What every task of this worker shares.
 pub struct Shared {
@@ -59,7 +59,12 @@ pub enum Report {
 
 impl Report {
     pub fn failed(lease: v1::LeaseRef, e: &TaskError) -> Self {
-        Report::Failed(v1::Failed { lease: Some(lease), error: e.to_string(), permanent: e.is_permanent(), timings: Vec::new() })
+        Report::Failed(v1::Failed {
+            lease: Some(lease),
+            error: e.to_string(),
+            permanent: e.is_permanent(),
+            timings: Vec::new(),
+        })
     }
 }
 
@@ -158,11 +163,15 @@ async fn execute(shared: &Shared, task: &Assigned, stage: Arc<Stage>) -> Result<
         upload_micros: outputs_micros,
         renderers: rendered.renderers.iter().map(|(r, _, us)| (r.clone(), *us)).collect(),
     };
-    let master_info = manifest::Master { uri: master_key.uri, bytes: master_bytes, duration_secs: rendered.duration_secs };
-    let origin = manifest::Origin { job, task_id: task.lease.task_id, attempt: task.attempt, worker: &shared.worker_id };
+    let master_info =
+        manifest::Master { uri: master_key.uri, bytes: master_bytes, duration_secs: rendered.duration_secs };
+    let origin =
+        manifest::Origin { job, task_id: task.lease.task_id, attempt: task.attempt, worker: &shared.worker_id };
     let manifest = Manifest::new(origin, master_info, metadata, outputs, timings);
-    let body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| TaskError::Upload { key: MANIFEST_FILE.to_owned(), reason: format!("cannot encode the manifest: {e}") })?;
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| TaskError::Upload {
+        key: MANIFEST_FILE.to_owned(),
+        reason: format!("cannot encode the manifest: {e}"),
+    })?;
     let manifest_key = shared.store.output_key(&job.asset_guid, MANIFEST_FILE)?;
     shared.metrics.uploaded(body.len());
     shared.store.put(&manifest_key, body.into()).await?;

@@ -55,14 +55,24 @@ fn id_from_hostname(hostname: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') { c } else { '-' })
         .take(128)
         .collect();
-    if id.is_empty() { "worker".to_owned() } else { id }
+    if id.is_empty() {
+        "worker".to_owned()
+    } else {
+        id
+    }
 }
 
 impl Worker {
     /// A worker rendering with [`kiln_render::Pipeline`].
     pub fn new(opts: WorkerOptions) -> Result<Self, Error> {
-        let limits = kiln_render::DecodeLimits { max_bytes: opts.max_master_bytes, max_duration_secs: opts.max_duration.as_secs_f64() };
-        let pipeline = kiln_render::Pipeline::new(kiln_render::PipelineConfig { limits, artwork_sizes: opts.artwork_sizes.clone() });
+        let limits = kiln_render::DecodeLimits {
+            max_bytes: opts.max_master_bytes,
+            max_duration_secs: opts.max_duration.as_secs_f64(),
+        };
+        let pipeline = kiln_render::Pipeline::new(kiln_render::PipelineConfig {
+            limits,
+            artwork_sizes: opts.artwork_sizes.clone(),
+        });
         Self::with_renderer(opts, Arc::new(pipeline))
     }
 
@@ -99,7 +109,8 @@ impl Worker {
             Some(s) => s,
             None => tokio::task::spawn_blocking(capacity::measure_speed).await.unwrap_or(1.0),
         };
-        let master_memory = opts.master_memory_bytes.unwrap_or_else(|| MemoryBudget::default_bytes(capacity.memory_bytes));
+        let master_memory =
+            opts.master_memory_bytes.unwrap_or_else(|| MemoryBudget::default_bytes(capacity.memory_bytes));
         tracing::info!(
             worker = %id, slots = slots_n, prefetch = opts.prefetch, cores = capacity.cores,
             memory_mib = capacity.memory_bytes >> 20, master_memory_mib = master_memory >> 20,
@@ -286,7 +297,11 @@ impl Core {
 
     async fn begin_drain(&mut self) {
         let now = Instant::now();
-        self.drain = Some(Drain { grace_until: now + self.drain_grace, grace_over: false, give_up_at: now + self.drain_grace + DELIVERY_GRACE });
+        self.drain = Some(Drain {
+            grace_until: now + self.drain_grace,
+            grace_over: false,
+            give_up_at: now + self.drain_grace + DELIVERY_GRACE,
+        });
         self.metrics.set_draining();
         // Publish first: the session sends Drain before the Released below.
         self.publish();
@@ -317,7 +332,9 @@ impl Core {
                             self.metrics.revoked();
                             tracing::info!(task = lease.task_id, %reason, "lease revoked before its render started; dropped");
                         }
-                        Revoked::Started => tracing::info!(task = lease.task_id, %reason, "lease revoked while rendering; finishing anyway"),
+                        Revoked::Started => {
+                            tracing::info!(task = lease.task_id, %reason, "lease revoked while rendering; finishing anyway")
+                        }
                         Revoked::NotHeld => {}
                     }
                 }
@@ -362,7 +379,10 @@ impl Core {
             let abort = self.tasks.spawn(async move {
                 match std::panic::AssertUnwindSafe(run).catch_unwind().await {
                     Ok(report) => (key, report),
-                    Err(_) => (key, Some(Report::failed(lease, &TaskError::Panicked("task panicked outside a render".into())))),
+                    Err(_) => (
+                        key,
+                        Some(Report::failed(lease, &TaskError::Panicked("task panicked outside a render".into()))),
+                    ),
                 }
             });
             self.leases.insert(key, stage, Some(abort));

@@ -108,13 +108,19 @@ impl Harness {
     }
 
     async fn workers(&mut self) -> Vec<v1::WorkerInfo> {
-        self.client.call(|mut c| async move { c.list_workers(v1::ListWorkersRequest {}).await }).await.expect("workers").workers
+        self.client
+            .call(|mut c| async move { c.list_workers(v1::ListWorkersRequest {}).await })
+            .await
+            .expect("workers")
+            .workers
     }
 
     async fn tasks(&mut self) -> Vec<v1::Task> {
         let resp = self
             .client
-            .call(|mut c| async move { c.list_tasks(v1::ListTasksRequest { with_history: true, limit: 10_000, ..Default::default() }).await })
+            .call(|mut c| async move {
+                c.list_tasks(v1::ListTasksRequest { with_history: true, limit: 10_000, ..Default::default() }).await
+            })
             .await
             .expect("list tasks");
         resp.tasks
@@ -136,9 +142,7 @@ impl Harness {
     async fn wait_terminal(&mut self, ids: &[u64]) -> Vec<v1::Task> {
         let ids = ids.to_vec();
         let tasks = self
-            .wait_for("terminal states", |ts| {
-                ids.iter().all(|id| ts.iter().any(|t| t.id == *id && is_terminal(t)))
-            })
+            .wait_for("terminal states", |ts| ids.iter().all(|id| ts.iter().any(|t| t.id == *id && is_terminal(t))))
             .await;
         ids.iter().map(|id| tasks.iter().find(|t| t.id == *id).cloned().expect("task")).collect()
     }
@@ -202,14 +206,22 @@ impl Scripted {
 }
 
 impl Render for Scripted {
-    fn render(&self, master: &[u8], _hint: Option<&str>, renderers: &[&str]) -> Result<RenderReport, kiln_render::Error> {
+    fn render(
+        &self,
+        master: &[u8],
+        _hint: Option<&str>,
+        renderers: &[&str],
+    ) -> Result<RenderReport, kiln_render::Error> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         let _ = self.started.send(master.len());
         if let Some(gate) = &self.gate {
             let _ = gate.recv();
         }
         if call < self.fail_first {
-            return Err(kiln_render::Error::Internal { renderer: renderers.first().copied().unwrap_or("?").into(), reason: "scripted hiccup".into() });
+            return Err(kiln_render::Error::Internal {
+                renderer: renderers.first().copied().unwrap_or("?").into(),
+                reason: "scripted hiccup".into(),
+            });
         }
         let outputs = renderers
             .iter()
@@ -217,7 +229,11 @@ impl Render for Scripted {
                 renderer: (*r).to_owned(),
                 rendered: Rendered {
                     metadata: serde_json::json!({ "bytes": master.len() }),
-                    files: vec![OutputFile { name: format!("{r}.json"), content_type: "application/json", bytes: b"{}".to_vec() }],
+                    files: vec![OutputFile {
+                        name: format!("{r}.json"),
+                        content_type: "application/json",
+                        bytes: b"{}".to_vec(),
+                    }],
                 },
                 micros: 1,
             })
@@ -260,7 +276,8 @@ async fn tasks_succeed_with_outputs_and_manifest() {
             assert_eq!(o.sha256, sha256_hex(&bytes), "{}", o.uri);
         }
         let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json")).expect("manifest json");
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json"))
+                .expect("manifest json");
         assert_eq!(manifest["asset_guid"], guid);
         assert_eq!(manifest["worker"], "w-real");
         assert_eq!(manifest["attempt"], 1);
@@ -276,7 +293,8 @@ async fn tasks_succeed_with_outputs_and_manifest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_master_is_dead_lettered_with_a_readable_reason() {
     let mut h = Harness::new().await;
-    std::fs::write(h.masters.join("corrupt.wav"), b"this is not a RIFF file, just text pretending to be audio").expect("write");
+    std::fs::write(h.masters.join("corrupt.wav"), b"this is not a RIFF file, just text pretending to be audio")
+        .expect("write");
     let running = spawn(Worker::new(h.worker_options("w-corrupt", 1)).expect("worker"));
     let ids = h.submit(&[("corrupt.wav", &["loudness"])]).await;
     let t = h.wait_terminal(&ids).await.remove(0);
@@ -296,7 +314,11 @@ async fn missing_master_is_dead_lettered_naming_the_key() {
     let t = h.wait_terminal(&ids).await.remove(0);
     assert_eq!(t.state(), v1::TaskState::DeadLettered);
     assert_eq!(t.attempts, 1, "{t:#?}");
-    assert!(t.last_error.contains("rel-9/nowhere.wav") && t.last_error.contains("does not exist"), "reason: {}", t.last_error);
+    assert!(
+        t.last_error.contains("rel-9/nowhere.wav") && t.last_error.contains("does not exist"),
+        "reason: {}",
+        t.last_error
+    );
     running.finish().await;
     h.shutdown().await;
 }
@@ -328,7 +350,14 @@ async fn drain_releases_unstarted_tasks_and_finishes_running_ones() {
     // One slot, one prefetched: the worker holds two tasks, one rendering (held at the gate).
     let (scripted, started, gate) = Scripted::new(true, 0);
     let mut running = spawn(Worker::with_renderer(h.worker_options("w-drain", 1), scripted).expect("worker"));
-    let ids = h.submit(&[("a.wav", &["loudness"]), ("b.wav", &["loudness"]), ("c.wav", &["loudness"]), ("d.wav", &["loudness"])]).await;
+    let ids = h
+        .submit(&[
+            ("a.wav", &["loudness"]),
+            ("b.wav", &["loudness"]),
+            ("c.wav", &["loudness"]),
+            ("d.wav", &["loudness"]),
+        ])
+        .await;
     tokio::time::timeout(WAIT, started.recv_async()).await.expect("a render starts").expect("started");
     h.wait_for("two leases held", |ts| ts.iter().filter(|t| t.state() == v1::TaskState::Leased).count() == 2).await;
 
@@ -399,7 +428,9 @@ async fn metrics_and_health_are_served() {
     let get = |path: &'static str| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.expect("write");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
         let mut body = String::new();
         s.read_to_string(&mut body).await.expect("read");
         body
@@ -428,10 +459,7 @@ async fn a_revoked_task_that_has_not_started_is_dropped() {
     h.wait_for("both leased", |ts| ts.iter().filter(|t| t.state() == v1::TaskState::Leased).count() == 2).await;
     let (rendering, waiting) = if first == size(&h, "a.wav") { (ids[0], ids[1]) } else { (ids[1], ids[0]) };
 
-    h.client
-        .call(|mut c| async move { c.cancel(v1::CancelRequest { task_id: waiting }).await })
-        .await
-        .expect("cancel");
+    h.client.call(|mut c| async move { c.cancel(v1::CancelRequest { task_id: waiting }).await }).await.expect("cancel");
     // Give the revocation time to arrive before the slot frees up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     gate.send(()).expect("open the gate");
@@ -460,14 +488,17 @@ async fn an_idle_worker_steals_the_unstarted_tasks_of_a_busy_one() {
     let jobs: Vec<(&str, &[&str])> = names.iter().map(|n| (*n, &["loudness"][..])).collect();
     let ids = h.submit(&jobs).await;
     tokio::time::timeout(WAIT, slow_started.recv_async()).await.expect("a render starts").expect("started");
-    h.wait_for("the victim holds all four", |ts| ts.iter().filter(|t| t.state() == v1::TaskState::Leased).count() == 4).await;
+    h.wait_for("the victim holds all four", |ts| ts.iter().filter(|t| t.state() == v1::TaskState::Leased).count() == 4)
+        .await;
 
     // The thief: idle, nothing left in the queue. It gets the three unstarted tasks.
     let (fast, _fast_started, _fast_gate) = Scripted::new(false, 0);
     let fast_calls = fast.clone();
     let thief = spawn(Worker::with_renderer(h.worker_options("w-thief", 4), fast).expect("worker"));
     let tasks = h
-        .wait_for("three tasks stolen and done", |ts| ts.iter().filter(|t| t.state() == v1::TaskState::Succeeded).count() == 3)
+        .wait_for("three tasks stolen and done", |ts| {
+            ts.iter().filter(|t| t.state() == v1::TaskState::Succeeded).count() == 3
+        })
         .await;
     for t in tasks.iter().filter(|t| t.state() == v1::TaskState::Succeeded) {
         assert_eq!(t.worker, "w-thief", "{t:#?}");
@@ -623,9 +654,12 @@ async fn scheduler_and_worker_kpis_move_as_tasks_complete() {
     assert_eq!(sample(&w, "kiln_worker_upload_duration_seconds_count"), 3.0);
 
     // Every series the shipped Grafana dashboard queries is one these processes serve.
-    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/kiln-fleet.json")).expect("dashboard");
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/kiln-fleet.json"))
+        .expect("dashboard");
     let served = |name: &str| {
-        [&mid, &after, &w].iter().any(|text| text.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' ']))))
+        [&mid, &after, &w]
+            .iter()
+            .any(|text| text.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' ']))))
     };
     let mut queried: Vec<&str> = dashboard
         .match_indices("kiln_")
@@ -662,7 +696,8 @@ struct Follower {
 
 #[tonic::async_trait]
 impl v1::worker_session_server::WorkerSession for Follower {
-    type SessionStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::SchedulerMessage, tonic::Status>> + Send>>;
+    type SessionStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::SchedulerMessage, tonic::Status>> + Send>>;
 
     async fn session(
         &self,
@@ -716,7 +751,8 @@ async fn a_worker_without_a_scheduler_still_drains() {
     let mut running = spawn(Worker::new(opts).expect("worker"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     running.drain();
-    let result = tokio::time::timeout(Duration::from_secs(5), running.join).await.expect("drains at once").expect("task");
+    let result =
+        tokio::time::timeout(Duration::from_secs(5), running.join).await.expect("drains at once").expect("task");
     result.expect("Ok");
 }
 
@@ -728,7 +764,8 @@ fn bad_options_are_refused_with_a_reason() {
         derivatives: temp.path().join("out").to_string_lossy().into_owned(),
         ..Default::default()
     };
-    let missing = kiln_config::WorkerOptions { masters: temp.path().join("nope").to_string_lossy().into_owned(), ..base.clone() };
+    let missing =
+        kiln_config::WorkerOptions { masters: temp.path().join("nope").to_string_lossy().into_owned(), ..base.clone() };
     let e = Worker::new(missing).err().expect("missing masters folder");
     assert!(e.to_string().contains("nope"), "{e}");
     let bad_id = kiln_config::WorkerOptions { id: Some("a b".into()), ..base.clone() };

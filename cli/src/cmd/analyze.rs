@@ -28,18 +28,27 @@ pub struct Args {
 }
 
 const COLUMNS: &[&str] = &[
-    "file", "bpm", "key", "camelot", "open_key", "bpm_confidence", "key_confidence", "tuning_hz",
-    "integrated_lufs", "loudness_range_lu", "true_peak_dbtp", "duration_secs", "error",
+    "file",
+    "bpm",
+    "key",
+    "camelot",
+    "open_key",
+    "bpm_confidence",
+    "key_confidence",
+    "tuning_hz",
+    "integrated_lufs",
+    "loudness_range_lu",
+    "true_peak_dbtp",
+    "duration_secs",
+    "error",
 ];
 
 fn analyze_one(pipeline: &Pipeline, renderers: &[&str], path: &PathBuf) -> Value {
     let mut row = serde_json::json!({ "file": path.display().to_string() });
-    let result = std::fs::read(path)
-        .with_context(|| format!("cannot read {}", path.display()))
-        .and_then(|bytes| {
-            let hint = path.extension().and_then(|e| e.to_str());
-            pipeline.run(&bytes, hint, renderers).map_err(anyhow::Error::from)
-        });
+    let result = std::fs::read(path).with_context(|| format!("cannot read {}", path.display())).and_then(|bytes| {
+        let hint = path.extension().and_then(|e| e.to_str());
+        pipeline.run(&bytes, hint, renderers).map_err(anyhow::Error::from)
+    });
     match result {
         Ok(report) => {
             row["duration_secs"] = serde_json::json!((report.duration_secs * 100.0).round() / 100.0);

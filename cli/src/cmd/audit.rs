@@ -70,7 +70,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             .members
             .iter()
             .map(|m| match &m.own {
-                Some(o) => vec![m.id.to_string(), o.role.clone(), m.address.clone(), o.applied_index.to_string(), format!("{:016x}", o.ledger_digest)],
+                Some(o) => vec![
+                    m.id.to_string(),
+                    o.role.clone(),
+                    m.address.clone(),
+                    o.applied_index.to_string(),
+                    format!("{:016x}", o.ledger_digest),
+                ],
                 None => vec![m.id.to_string(), "unreachable".into(), m.address.clone(), "-".into(), "-".into()],
             })
             .collect();

@@ -125,6 +125,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             }
         })
         .collect();
-    output::table(&["ID", "ROLE", "ADDRESS", "TERM", "COMMIT", "APPLIED", "LAG", "SNAPSHOT", "LEADER SEEN", "LEDGER"], &table);
+    output::table(
+        &["ID", "ROLE", "ADDRESS", "TERM", "COMMIT", "APPLIED", "LAG", "SNAPSHOT", "LEADER SEEN", "LEDGER"],
+        &table,
+    );
     Ok(())
 }

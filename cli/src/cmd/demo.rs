@@ -108,7 +108,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         );
     }
     if succeeded != expected.len() {
-        anyhow::bail!("{} of {} demo masters failed; see `{}`", expected.len() - succeeded, expected.len(), derivatives.display());
+        anyhow::bail!(
+            "{} of {} demo masters failed; see `{}`",
+            expected.len() - succeeded,
+            expected.len(),
+            derivatives.display()
+        );
     }
     Ok(())
 }

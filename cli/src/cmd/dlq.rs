@@ -51,7 +51,12 @@ struct FilterArgs {
 
 impl FilterArgs {
     fn to_pb(&self) -> anyhow::Result<v1::DeadLetterFilter> {
-        if self.ids.is_empty() && self.queue.is_none() && self.release.is_none() && self.error_contains.is_none() && !self.all {
+        if self.ids.is_empty()
+            && self.queue.is_none()
+            && self.release.is_none()
+            && self.error_contains.is_none()
+            && !self.all
+        {
             anyhow::bail!("give a filter (--id, --queue, --release, --error-contains) or --all");
         }
         Ok(v1::DeadLetterFilter {
@@ -78,9 +83,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             tasks::print_list(&resp);
             Ok(())
         }
-        Command::Show { id } => {
-            crate::cmd::task::show(ctx, v1::get_task_request::Key::TaskId(id)).await
-        }
+        Command::Show { id } => crate::cmd::task::show(ctx, v1::get_task_request::Key::TaskId(id)).await,
         Command::Requeue(f) => {
             let filter = f.to_pb()?;
             let mut client = ctx.client()?;

@@ -137,7 +137,13 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-pub async fn execute(plan: &Plan, out: &Path, slots: Option<usize>, state_dir: Option<PathBuf>, show_progress: bool) -> anyhow::Result<Outcome> {
+pub async fn execute(
+    plan: &Plan,
+    out: &Path,
+    slots: Option<usize>,
+    state_dir: Option<PathBuf>,
+    show_progress: bool,
+) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
     let temp = tempfile::tempdir().context("cannot create a temporary folder")?;
     let mut sched = kiln_config::SchedulerOptions {
@@ -195,7 +201,9 @@ pub async fn execute(plan: &Plan, out: &Path, slots: Option<usize>, state_dir: O
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     let tasks = handle
-        .read(|l, _| l.list(&TaskFilter { limit: usize::MAX, ..Default::default() }).into_iter().cloned().collect::<Vec<_>>())
+        .read(|l, _| {
+            l.list(&TaskFilter { limit: usize::MAX, ..Default::default() }).into_iter().cloned().collect::<Vec<_>>()
+        })
         .await?;
     let _ = stop_worker.send(());
     match tokio::time::timeout(Duration::from_secs(30), worker_task).await {
@@ -208,10 +216,7 @@ pub async fn execute(plan: &Plan, out: &Path, slots: Option<usize>, state_dir: O
 }
 
 fn metadata(task: &kiln_ledger::Task) -> serde_json::Value {
-    task.result
-        .as_ref()
-        .and_then(|r| serde_json::from_str(&r.metadata_json).ok())
-        .unwrap_or(serde_json::Value::Null)
+    task.result.as_ref().and_then(|r| serde_json::from_str(&r.metadata_json).ok()).unwrap_or(serde_json::Value::Null)
 }
 
 pub fn summary_row(task: &kiln_ledger::Task) -> BTreeMap<&'static str, String> {
@@ -273,7 +278,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         );
     }
     if failed > 0 {
-        bail!("{failed} of {} masters failed (reasons above; each has a dead letter with its history)", outcome.tasks.len());
+        bail!(
+            "{failed} of {} masters failed (reasons above; each has a dead letter with its history)",
+            outcome.tasks.len()
+        );
     }
     Ok(())
 }

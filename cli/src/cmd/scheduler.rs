@@ -62,7 +62,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     opts.scheduler.resolve_node_id()?;
     opts.scheduler.validate()?;
     let running = kiln_scheduler::start(&opts.scheduler).await.context("cannot start the scheduler")?;
-    println!("kiln scheduler: node {} serving gRPC on {} and HTTP on {}", opts.scheduler.node_id, running.grpc_addr(), running.http_addr());
+    println!(
+        "kiln scheduler: node {} serving gRPC on {} and HTTP on {}",
+        opts.scheduler.node_id,
+        running.grpc_addr(),
+        running.http_addr()
+    );
     crate::signals::shutdown().await;
     running.shutdown().await;
     Ok(())

@@ -72,7 +72,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let total = s.total.clone().unwrap_or_default();
     let live = s.live.clone().unwrap_or_default();
     let remaining = s.submitted_total.saturating_sub(finished(&total));
-    println!("submitted {}  finished {}  remaining {}  (eta {})", s.submitted_total, finished(&total), remaining, eta(remaining, s.completions_per_minute));
+    println!(
+        "submitted {}  finished {}  remaining {}  (eta {})",
+        s.submitted_total,
+        finished(&total),
+        remaining,
+        eta(remaining, s.completions_per_minute)
+    );
     println!();
     output::table(
         &["STATE", "NOW", "ALL TIME"],
@@ -97,13 +103,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         } else {
             format!(
                 "a {} copy: applied {} of commit {}, leader last heard {} ms ago",
-                c.role,
-                c.applied_index,
-                c.commit_index,
-                c.leader_heard_ms
+                c.role, c.applied_index, c.commit_index, c.leader_heard_ms
             )
         };
-        println!("answered by node {} (leader {}, term {}, applied index {}; {freshness})", c.node_id, c.leader_id, c.term, c.applied_index);
+        println!(
+            "answered by node {} (leader {}, term {}, applied index {}; {freshness})",
+            c.node_id, c.leader_id, c.term, c.applied_index
+        );
     }
     if !s.queues.is_empty() {
         println!();
@@ -141,7 +147,11 @@ async fn watch(client: &mut kiln_proto::Client, interval: Duration) -> anyhow::R
         ));
         if remaining == 0 && s.submitted_total > 0 {
             bar.finish();
-            println!("all {} tasks finished in {}", s.submitted_total, humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())));
+            println!(
+                "all {} tasks finished in {}",
+                s.submitted_total,
+                humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+            );
             return Ok(());
         }
         tokio::time::sleep(interval).await;

@@ -86,7 +86,9 @@ async fn local_manifest(given: &std::path::Path) -> anyhow::Result<(PathBuf, Opt
     let mut remote = kiln_worker::Remote::from_options(&kiln_config::WorkerOptions::default());
     // An http:// URL typed on the command line is the user's explicit choice of plain HTTP.
     remote.allow_http = text.starts_with("http://");
-    let bytes = kiln_worker::download(&text, &remote, &tmp).await.map_err(|e| anyhow::anyhow!("cannot download the manifest: {e}"))?;
+    let bytes = kiln_worker::download(&text, &remote, &tmp)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot download the manifest: {e}"))?;
     tracing::info!(url = %text, bytes, "manifest downloaded");
     Ok((tmp.to_path_buf(), Some(tmp)))
 }
@@ -144,7 +146,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // Pass 2: stream the valid jobs in batches.
     let bar = if ctx.output == OutputFormat::Table && total > BATCH {
         let bar = ProgressBar::new((total - bad.len()) as u64);
-        bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} submitted ({per_sec})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} submitted ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         bar
     } else {
         ProgressBar::hidden()
@@ -246,7 +251,9 @@ async fn submit_one(ctx: &Context, client: &mut kiln_proto::Client, args: Args) 
     let results = send(client, vec![job]).await?;
     let r = results.first().context("the scheduler returned no result")?;
     if ctx.output == OutputFormat::Json {
-        return output::json(&serde_json::json!({"task_id": r.task_id, "created": r.created, "request_id": request_id}));
+        return output::json(
+            &serde_json::json!({"task_id": r.task_id, "created": r.created, "request_id": request_id}),
+        );
     }
     if r.created {
         println!("task {} submitted (request_id {request_id})", r.task_id);

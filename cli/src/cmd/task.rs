@@ -67,7 +67,12 @@ pub fn print_task(t: &v1::Task) {
             println!("  metadata     {meta}");
         }
         for o in &r.outputs {
-            println!("  output       {} ({} bytes, sha256 {})", o.uri, o.bytes, o.sha256.get(..12).unwrap_or(&o.sha256));
+            println!(
+                "  output       {} ({} bytes, sha256 {})",
+                o.uri,
+                o.bytes,
+                o.sha256.get(..12).unwrap_or(&o.sha256)
+            );
         }
         if !r.manifest_uri.is_empty() {
             println!("  manifest     {}", r.manifest_uri);
@@ -77,7 +82,15 @@ pub fn print_task(t: &v1::Task) {
     let rows: Vec<Vec<String>> = t
         .history
         .iter()
-        .map(|h| vec![output::ms_to_rfc3339(h.at_ms), h.kind.clone(), h.worker.clone(), h.attempt.to_string(), h.detail.clone()])
+        .map(|h| {
+            vec![
+                output::ms_to_rfc3339(h.at_ms),
+                h.kind.clone(),
+                h.worker.clone(),
+                h.attempt.to_string(),
+                h.detail.clone(),
+            ]
+        })
         .collect();
     output::table(&["AT", "EVENT", "WORKER", "ATTEMPT", "DETAIL"], &rows);
 }

@@ -20,7 +20,14 @@ pub struct Args {
     limit: u32,
 }
 
-pub async fn list(ctx: &Context, state: Option<StateArg>, queue: Option<String>, release: Option<i64>, after: u64, limit: u32) -> anyhow::Result<v1::ListTasksResponse> {
+pub async fn list(
+    ctx: &Context,
+    state: Option<StateArg>,
+    queue: Option<String>,
+    release: Option<i64>,
+    after: u64,
+    limit: u32,
+) -> anyhow::Result<v1::ListTasksResponse> {
     let mut client = ctx.client()?;
     let req = v1::ListTasksRequest {
         state: state.map_or(v1::TaskState::Unspecified, Into::into) as i32,
@@ -30,11 +37,12 @@ pub async fn list(ctx: &Context, state: Option<StateArg>, queue: Option<String>,
         limit,
         with_history: false,
     };
-    Ok(client.call(|mut s| {
-        let req = req.clone();
-        async move { s.list_tasks(req).await }
-    })
-    .await?)
+    Ok(client
+        .call(|mut s| {
+            let req = req.clone();
+            async move { s.list_tasks(req).await }
+        })
+        .await?)
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {

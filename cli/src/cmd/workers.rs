@@ -52,6 +52,22 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["WORKER", "STATE", "SLOTS", "BUSY", "LEASED", "PREFETCHED", "DONE", "FAILED", "STOLE", "LOST", "SPEED", "QUEUES"], &rows);
+    output::table(
+        &[
+            "WORKER",
+            "STATE",
+            "SLOTS",
+            "BUSY",
+            "LEASED",
+            "PREFETCHED",
+            "DONE",
+            "FAILED",
+            "STOLE",
+            "LOST",
+            "SPEED",
+            "QUEUES",
+        ],
+        &rows,
+    );
     Ok(())
 }

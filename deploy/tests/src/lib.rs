@@ -218,7 +218,12 @@ impl Cluster {
         std::fs::write(self.store.path().join("manifests/expect.txt"), expect).expect("write expect");
         let out = self.kiln(&["audit", "--expect", "/store/manifests/expect.txt", "--settle", "60s", "-o", "json"]);
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        assert!(out.status.success() && report["clean"] == true, "audit not clean:\n{}\n{}", output_text(&out), self.logs());
+        assert!(
+            out.status.success() && report["clean"] == true,
+            "audit not clean:\n{}\n{}",
+            output_text(&out),
+            self.logs()
+        );
         assert_eq!(report["succeeded"].as_u64(), Some(self.submitted.len() as u64), "{report}");
         assert_eq!(report["members"].as_array().map(Vec::len), Some(3), "{report}");
         let derivatives = self.store.path().join("derivatives");

@@ -22,7 +22,8 @@ fn role(c: &Cluster, service: &str) -> Option<String> {
 fn time_of_day(stamp: &str) -> Option<f64> {
     let time = stamp.split_once('T')?.1.trim_end_matches('Z');
     let mut parts = time.split(':');
-    let (h, m, s): (f64, f64, f64) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    let (h, m, s): (f64, f64, f64) =
+        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
@@ -132,7 +133,9 @@ fn a_worker_killed_mid_render_loses_nothing() {
     let line = logs.lines().filter(|l| l.contains("first lease")).last().unwrap_or_default();
     let logged_at = line.split_whitespace().find(|w| w.contains('T') && w.ends_with('Z')).unwrap_or_default();
     match (time_of_day(&started_at), time_of_day(logged_at)) {
-        (Some(a), Some(b)) => println!("cold start: container start to first lease {:.0} ms", (b - a).rem_euclid(86_400.0) * 1000.0),
+        (Some(a), Some(b)) => {
+            println!("cold start: container start to first lease {:.0} ms", (b - a).rem_euclid(86_400.0) * 1000.0)
+        }
         _ => println!("cold start: could not read the timestamps ({started_at:?}, {line:?})"),
     }
     c.audit();

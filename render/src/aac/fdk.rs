@@ -128,9 +128,7 @@ impl Encoder {
 
         // SAFETY: a call with all-null buffer descriptors is fdk's documented way to apply the
         // parameters set above and initialise the encoder; the handle is live.
-        let code = unsafe {
-            sys::aacEncEncode(encoder.handle, ptr::null(), ptr::null(), ptr::null(), ptr::null_mut())
-        };
+        let code = unsafe { sys::aacEncEncode(encoder.handle, ptr::null(), ptr::null(), ptr::null(), ptr::null_mut()) };
         check("aacEncEncode (init)", code)?;
 
         let mut raw = sys::AACENC_InfoStruct {

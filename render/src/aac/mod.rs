@@ -44,12 +44,9 @@ pub fn render(audio: &Audio) -> Result<Rendered, Error> {
 
     let in_channels = usize::from(audio.channels);
     let out_channels = audio.channels.min(2);
-    let mut encoder = fdk::Encoder::new(fdk::Settings {
-        sample_rate: audio.sample_rate,
-        channels: out_channels,
-        bitrate: BITRATE,
-    })
-    .map_err(|e| internal(e.to_string()))?;
+    let mut encoder =
+        fdk::Encoder::new(fdk::Settings { sample_rate: audio.sample_rate, channels: out_channels, bitrate: BITRATE })
+            .map_err(|e| internal(e.to_string()))?;
     let info = encoder.info().clone();
     let frame_length = info.frame_length;
     let delay = info.delay;
@@ -116,10 +113,7 @@ pub fn render(audio: &Audio) -> Result<Rendered, Error> {
         "frames": sizes.len(),
         "bytes": bytes.len(),
     });
-    Ok(Rendered {
-        metadata,
-        files: vec![OutputFile { name: FILE_NAME.into(), content_type: CONTENT_TYPE, bytes }],
-    })
+    Ok(Rendered { metadata, files: vec![OutputFile { name: FILE_NAME.into(), content_type: CONTENT_TYPE, bytes }] })
 }
 
 fn push_unit(unit: &[u8], payload: &mut Vec<u8>, sizes: &mut Vec<u32>) -> Result<(), Error> {

@@ -58,7 +58,11 @@ pub fn atoms(data: &[u8], base: usize) -> Vec<Atom<'_>> {
             0 => (8, data.len() - pos),
             n => (8, n),
         };
-        assert!(size >= header && pos + size <= data.len(), "box {:?} overruns its parent", String::from_utf8_lossy(&kind));
+        assert!(
+            size >= header && pos + size <= data.len(),
+            "box {:?} overruns its parent",
+            String::from_utf8_lossy(&kind)
+        );
         out.push(Atom { kind, offset: base + pos, body: &data[pos + header..pos + size] });
         pos += size;
     }
@@ -71,9 +75,7 @@ pub fn find<'a>(file: &'a [u8], path: &[&str]) -> Option<Atom<'a>> {
     let mut current = Atom { kind: *b"file", offset: 0, body: file };
     let mut header = 0;
     for name in path {
-        let next = atoms(current.body, current.offset + header)
-            .into_iter()
-            .find(|a| a.kind == name.as_bytes())?;
+        let next = atoms(current.body, current.offset + header).into_iter().find(|a| a.kind == name.as_bytes())?;
         // Children of `meta` start after its version/flags.
         if *name == "meta" {
             current = Atom { body: &next.body[4..], ..next };
@@ -144,9 +146,8 @@ pub fn decode_m4a(bytes: Vec<u8>) -> Decoded {
         .expect("symphonia recognises the M4A");
     let mut format = probed.format;
     let track = format.default_track().expect("an audio track").clone();
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&track.codec_params, &DecoderOptions::default())
-        .expect("an AAC decoder");
+    let mut decoder =
+        symphonia::default::get_codecs().make(&track.codec_params, &DecoderOptions::default()).expect("an AAC decoder");
     let mut samples = Vec::new();
     let mut spec = None;
     loop {

@@ -121,7 +121,8 @@ async fn handle(
     faults: Arc<Faults>,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<s3s::Body>, s3s::HttpError> {
-    let object_get = req.method() == http::Method::GET && req.uri().path().matches('/').count() >= 2 && req.uri().query().is_none();
+    let object_get =
+        req.method() == http::Method::GET && req.uri().path().matches('/').count() >= 2 && req.uri().query().is_none();
     if req.method() == http::Method::POST && req.uri().query().is_some_and(|q| q.starts_with("uploads")) {
         faults.multipart_starts.fetch_add(1, Ordering::SeqCst);
     }
@@ -214,7 +215,8 @@ async fn real_renders_through_s3_with_checksums_in_the_manifest() {
         assert_eq!(t.attempts, 0, "no failed attempt: {guid}");
         let result = t.result.as_ref().expect("result");
         assert_eq!(result.manifest_uri, format!("s3://derivatives/out/{guid}/manifest.json"));
-        let manifest_bytes = s.s3.object("derivatives", &format!("out/{guid}/manifest.json")).expect("manifest.json in the bucket");
+        let manifest_bytes =
+            s.s3.object("derivatives", &format!("out/{guid}/manifest.json")).expect("manifest.json in the bucket");
         let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).expect("manifest json");
         assert_eq!(manifest["master"]["uri"], format!("s3://masters/catalog/{guid}"));
         let outputs = manifest["outputs"].as_array().expect("outputs");
