@@ -112,6 +112,15 @@ pub enum Command {
     },
 }
 
+/// One lease, as a report names it: the task, the lease's sequence number and its holder. A
+/// report about any other lease of the task is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRef {
+    pub task: TaskId,
+    pub lease_seq: u32,
+    pub worker: WorkerId,
+}
+
 /// Why a command was refused. Deterministic: every replica refuses the same command the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum Rejection {

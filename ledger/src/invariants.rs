@@ -1,4 +1,4 @@
-//! Invariants of DESIGN §3 that must hold after every command.
+//! The ledger's invariants: what must hold after every command.
 //!
 //! Property tests call [`crate::Ledger::check_invariants`] after each step of a random command
 //! sequence; the checks here are the ones a single state can prove. Checks that compare two states
@@ -10,7 +10,8 @@ use crate::task::TaskState;
 use crate::Ledger;
 
 pub(crate) fn check(ledger: &Ledger) -> Result<(), String> {
-    let (tasks, workers, ix, collected, submitted_total) = ledger.parts();
+    let (tasks, workers, ix, collected, submitted_total) =
+        (&ledger.tasks, &ledger.workers, &ledger.ix, ledger.collected, ledger.submitted_total);
 
     // Nothing is lost: every task ever admitted is either held or counted as collected.
     let held = tasks.len() as u64;

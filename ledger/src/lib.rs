@@ -14,19 +14,42 @@
 //!                              snapshot bytes                                  idle workers)
 //! ```
 //!
-//! Layout:
-//! - [`command`]: the commands, their outcomes and the effects the shell must carry out.
+//! Layout (one concern per file):
+//! - [`command`]: the commands, their outcomes, the effects the shell must carry out, and the
+//!   [`LeaseRef`] every report names.
 //! - [`task`]: a task, its state and its history.
-//! - `state`: the `Ledger` itself and `apply`.
+//! - `config`: [`LedgerConfig`], the replicated settings.
+//! - `records`: worker records, per-state and per-queue counts, rate buckets.
+//! - `indexes`: everything derivable from the tasks (ready queues, deadlines, counts), rebuilt on
+//!   snapshot load.
+//! - `engine`: the [`Ledger`] value, `apply` (the single entry point) and `transition` (the one
+//!   way a stored task changes).
+//! - `handlers/`: one file per command family (submit; leasing; reports; expiry; terminal:
+//!   cancel, dead letters, GC; workers).
+//! - `queries`: the read API ([`TaskFilter`], listings, counts, timers).
+//! - `planning`: the pure work-stealing and backup plans.
+//! - `codec`: the snapshot bytes.
 //! - `invariants`: checks that must hold after every command (used by tests and debug builds).
 
+pub mod codec;
 pub mod command;
+mod config;
+mod engine;
+mod handlers;
+mod indexes;
 mod invariants;
-mod state;
+mod planning;
+mod queries;
+mod records;
 pub mod task;
 
-pub use command::{Applied, Command, DeadLetterFilter, Effect, Lease, Outcome, Rejection, SubmitOutcome, WorkerSpec};
-pub use state::{Ledger, LedgerConfig, QueueCounts, StateCounts, TaskFilter, WorkerRecord};
+pub use command::{
+    Applied, Command, DeadLetterFilter, Effect, Lease, LeaseRef, Outcome, Rejection, SubmitOutcome, WorkerSpec,
+};
+pub use config::LedgerConfig;
+pub use engine::Ledger;
+pub use queries::TaskFilter;
+pub use records::{QueueCounts, StateCounts, WorkerRecord};
 pub use task::{EventKind, HistoryEvent, OutputFile, Task, TaskResult, TaskState};
 
 /// Milliseconds since the Unix epoch, as stamped by the leader on each command.

@@ -1,0 +1,59 @@
+//! `RegisterWorker`, `DisconnectWorker`, `DrainWorker` and `Renew`: the workers' own records and
+//! the heartbeat that keeps their leases alive.
+
+use kiln_types::{TaskId, WorkerId};
+
+use crate::command::{Outcome, Rejection, WorkerSpec};
+use crate::engine::Step;
+use crate::records::WorkerRecord;
+use crate::Ledger;
+
+impl Ledger {
+    pub(crate) fn register(&mut self, spec: WorkerSpec, step: &mut Step) -> Outcome {
+        let now = step.now;
+        let leased = self.ix.by_worker.get(&spec.id).map_or(0, |s| s.len() as u32);
+        match self.workers.get_mut(&spec.id) {
+            Some(record) => {
+                record.spec = spec;
+                record.connected = true;
+                record.draining = false;
+                record.last_seen = now;
+                record.leased = leased;
+            }
+            None => {
+                self.workers.insert(spec.id.clone(), WorkerRecord::new(spec, now, leased));
+            }
+        }
+        Outcome::Done
+    }
+
+    /// Changes a known worker's record (disconnect, drain).
+    pub(crate) fn with_worker(
+        &mut self,
+        worker: &WorkerId,
+        step: &mut Step,
+        f: impl FnOnce(&mut WorkerRecord),
+    ) -> Result<Outcome, Rejection> {
+        let record = self.workers.get_mut(worker).ok_or_else(|| Rejection::UnknownWorker(worker.clone()))?;
+        record.last_seen = step.now;
+        f(record);
+        Ok(Outcome::Done)
+    }
+
+    /// Extends every lease the worker holds to `now + lease_ttl` (never shortening one).
+    pub(crate) fn renew(&mut self, worker: &WorkerId, step: &mut Step) -> Outcome {
+        let now = step.now;
+        if let Some(record) = self.workers.get_mut(worker) {
+            record.last_seen = now;
+        }
+        let held: Vec<TaskId> = self.ix.by_worker.get(worker).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let deadline = now.saturating_add(self.config.lease_ttl_ms);
+        for id in &held {
+            self.transition(*id, |t| {
+                // Never shorten a lease (a grace period may reach further).
+                t.lease_expires_at = t.lease_expires_at.map(|d| d.max(deadline));
+            });
+        }
+        Outcome::Count(held.len() as u64)
+    }
+}
