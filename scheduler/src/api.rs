@@ -1,9 +1,9 @@
 //! The `kiln.v1.Scheduler` service: what the CLI and scripts call. Thin: parse, propose or read,
 //! convert.
 
-use kiln_ledger::{Command, DeadLetterFilter, Outcome, TaskFilter};
+use kiln_ledger::{Command, Outcome};
 use kiln_proto::v1::{self, scheduler_server::Scheduler};
-use kiln_types::{QueueName, RendererName, RequestId, TaskId, BUILTIN_RENDERERS};
+use kiln_types::{RendererName, RequestId, TaskId, BUILTIN_RENDERERS};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -34,19 +34,6 @@ fn unexpected(outcome: Outcome) -> Status {
     Status::internal(format!("unexpected ledger outcome: {outcome:?}"))
 }
 
-fn filter_from_pb(f: v1::DeadLetterFilter) -> Result<DeadLetterFilter, Status> {
-    Ok(DeadLetterFilter {
-        task_ids: f.task_ids.into_iter().map(TaskId).collect(),
-        queue: match f.queue.as_str() {
-            "" => None,
-            q => Some(QueueName::new(q).map_err(|e| Status::invalid_argument(e.to_string()))?),
-        },
-        release_id: f.release_id,
-        error_contains: Some(f.error_contains).filter(|s| !s.is_empty()),
-        all: f.all,
-    })
-}
-
 #[tonic::async_trait]
 impl Scheduler for Api {
     async fn submit(&self, request: Request<v1::SubmitRequest>) -> Result<Response<v1::SubmitResponse>, Status> {
@@ -60,7 +47,7 @@ impl Scheduler for Api {
         let mut parsed = Vec::with_capacity(jobs.len());
         for (i, pb) in jobs.into_iter().enumerate() {
             let request_id = pb.request_id.clone();
-            let job = kiln_proto::job_from_pb(pb)
+            let job = convert::job_from_pb(pb)
                 .map_err(|e| Status::invalid_argument(format!("job {} (request_id {request_id:?}): {e}", i + 1)))?;
             if let Some(unknown) = job.derivative_assets.iter().find(|r| !known_renderer(r)) {
                 return Err(Status::invalid_argument(format!(
@@ -72,12 +59,7 @@ impl Scheduler for Api {
             parsed.push(job);
         }
         match self.propose(Command::Submit { jobs: parsed }).await? {
-            Outcome::Submitted(results) => Ok(Response::new(v1::SubmitResponse {
-                results: results
-                    .into_iter()
-                    .map(|r| v1::SubmitResult { task_id: r.task.0, created: r.created })
-                    .collect(),
-            })),
+            Outcome::Submitted(results) => Ok(Response::new(convert::submitted_to_pb(results))),
             other => Err(unexpected(other)),
         }
     }
@@ -108,22 +90,11 @@ impl Scheduler for Api {
         request: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
         let r = request.into_inner();
-        let state = v1::TaskState::try_from(r.state).map_err(|_| Status::invalid_argument("unknown task state"))?;
-        let queue = match r.queue.as_str() {
-            "" => None,
-            q => Some(QueueName::new(q).map_err(|e| Status::invalid_argument(e.to_string()))?),
-        };
         let limit = match r.limit {
             0 => 1000,
             n => (n as usize).min(10_000),
         };
-        let filter = TaskFilter {
-            state: convert::state_from_pb(state),
-            queue,
-            release_id: r.release_id,
-            after: (r.after_id > 0).then_some(TaskId(r.after_id)),
-            limit,
-        };
+        let filter = convert::task_filter_from_pb(&r, limit)?;
         let with_history = r.with_history;
         let tasks = self
             .handle
@@ -151,7 +122,7 @@ impl Scheduler for Api {
         &self,
         request: Request<v1::DeadLetterFilter>,
     ) -> Result<Response<v1::CountResponse>, Status> {
-        let filter = filter_from_pb(request.into_inner())?;
+        let filter = convert::dead_letter_filter_from_pb(request.into_inner()).map_err(convert::Invalid::from)?;
         match self.propose(Command::RequeueDeadLetters { filter }).await? {
             Outcome::Count(count) => Ok(Response::new(v1::CountResponse { count })),
             other => Err(unexpected(other)),
@@ -162,7 +133,7 @@ impl Scheduler for Api {
         &self,
         request: Request<v1::DeadLetterFilter>,
     ) -> Result<Response<v1::CountResponse>, Status> {
-        let filter = filter_from_pb(request.into_inner())?;
+        let filter = convert::dead_letter_filter_from_pb(request.into_inner()).map_err(convert::Invalid::from)?;
         match self.propose(Command::PurgeDeadLetters { filter }).await? {
             Outcome::Count(count) => Ok(Response::new(v1::CountResponse { count })),
             other => Err(unexpected(other)),
@@ -171,36 +142,8 @@ impl Scheduler for Api {
 
     async fn status(&self, _request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
         let now = now_ms();
-        let status = self
-            .handle
-            .read(move |l, node| {
-                let (completions, failures) = l.rates_per_minute(now);
-                let workers: Vec<_> = l.workers().into_iter().filter(|w| w.connected).collect();
-                v1::StatusResponse {
-                    live: Some(convert::counts_to_pb(&l.counts())),
-                    total: Some(convert::counts_to_pb(&l.totals())),
-                    submitted_total: l.submitted_total(),
-                    workers: workers.len() as u64,
-                    slots: workers.iter().map(|w| u64::from(w.spec.slots)).sum(),
-                    running: l.counts().leased,
-                    completions_per_minute: completions as f64,
-                    failures_per_minute: failures as f64,
-                    queues: l
-                        .queues()
-                        .into_iter()
-                        .map(|q| v1::QueueStatus {
-                            name: q.name.map(|n| n.to_string()).unwrap_or_default(),
-                            ready: q.ready,
-                            retrying: q.retrying,
-                            leased: q.leased,
-                        })
-                        .collect(),
-                    cluster: Some(crate::cluster_to_pb(node)),
-                    now_ms: now,
-                }
-            })
-            .await
-            .map_err(from_propose)?;
+        let status =
+            self.handle.read(move |l, node| convert::status_to_pb(l, node, now)).await.map_err(from_propose)?;
         Ok(Response::new(status))
     }
 
@@ -229,7 +172,7 @@ impl Scheduler for Api {
             .handle
             .read(|l, status| v1::ClusterResponse {
                 ledger_digest: crate::ledger_digest(l),
-                ..crate::cluster_to_pb(status)
+                ..convert::cluster_to_pb(status)
             })
             .await
             .map_err(from_propose)?;
@@ -240,25 +183,10 @@ impl Scheduler for Api {
         &self,
         request: Request<v1::MembershipRequest>,
     ) -> Result<Response<v1::ClusterResponse>, Status> {
-        let r = request.into_inner();
-        if r.node_id == 0 {
-            return Err(Status::invalid_argument("node_id must be non-zero"));
-        }
-        let change = if r.remove {
-            crate::MemberChange::Remove { id: r.node_id }
-        } else {
-            let address = r.address.trim().to_owned();
-            if tonic::transport::Endpoint::from_shared(address.clone()).is_err() || !address.contains("://") {
-                return Err(Status::invalid_argument(format!(
-                    "node {} needs an address like http://10.0.0.4:7450 (got {address:?})",
-                    r.node_id
-                )));
-            }
-            crate::MemberChange::Add { id: r.node_id, address }
-        };
+        let change = convert::member_change_from_pb(request.into_inner())?;
         self.handle.change_membership(change).await.map_err(from_propose)?.map_err(Status::failed_precondition)?;
         let status = self.handle.status().await.map_err(from_propose)?;
-        Ok(Response::new(crate::cluster_to_pb(&status)))
+        Ok(Response::new(convert::cluster_to_pb(&status)))
     }
 }
 

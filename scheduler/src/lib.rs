@@ -11,7 +11,9 @@
 //!   membership changes; its `round` can be driven from outside (the `sim` tests do).
 //! - `transport`: per-peer send queues to other nodes; snapshots streamed in chunks.
 //! - [`Handle`]: the cheap cloneable way in (propose, read).
-//! - `sessions`: worker streams and the dispatcher that leases to them.
+//! - `sessions`: worker streams and the dispatcher that leases to them (a thin adapter; its tasks are
+//!   tracked and drained on shutdown).
+//! - `convert`: every proto ⇄ ledger conversion.
 //! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes.
 //! - `http`: metrics and health.
 
@@ -65,44 +67,14 @@ fn ledger_config(opts: &SchedulerOptions) -> LedgerConfig {
     }
 }
 
-pub(crate) fn cluster_to_pb(s: &NodeStatus) -> v1::ClusterResponse {
-    v1::ClusterResponse {
-        node_id: s.id,
-        leader_id: s.leader_id,
-        term: s.term,
-        commit_index: s.commit_index,
-        applied_index: s.applied_index,
-        members: s
-            .members
-            .iter()
-            .map(|(id, address, matched)| v1::ClusterMember {
-                id: *id,
-                address: address.clone(),
-                matched_index: *matched,
-            })
-            .collect(),
-        leader_address: s
-            .members
-            .iter()
-            .find(|(id, _, _)| *id == s.leader_id)
-            .map(|(_, a, _)| a.clone())
-            .unwrap_or_default(),
-        role: s.role.to_owned(),
-        last_index: s.last_index,
-        snapshot_index: s.snapshot_index,
-        log_entries: s.log_entries,
-        leader_heard_ms: s.leader_heard_ms,
-        ledger_digest: 0,
-        disk_bytes: s.disk_bytes,
-    }
-}
-
 /// A started scheduler: its addresses, a [`Handle`], and a way to stop it.
 pub struct Running {
     handle: Handle,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// The worker sessions and every task they started.
+    hub: std::sync::Arc<sessions::Hub>,
     tasks: JoinSet<()>,
     node_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -120,9 +92,11 @@ impl Running {
         self.http_addr
     }
 
-    /// Stops serving, lets the node thread finish its current batch, and returns.
+    /// Stops serving, ends the worker sessions and waits for every task they started, lets the
+    /// node thread finish its current batch, and returns.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        self.hub.shutdown().await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         self.handle.stop();
@@ -177,12 +151,18 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         .map_err(|e| Error::Start { dir: opts.data_dir.clone(), source: node::StartError::Thread(e) })?;
     let handle = Handle::new(requests_tx);
 
-    let hub =
-        sessions::Hub::new(handle.clone(), opts.lease_ttl, opts.heartbeat_interval, opts.node_id, opts.work_stealing);
+    let hub = sessions::Hub::new(
+        handle.clone(),
+        sessions::HubConfig {
+            lease_ttl: opts.lease_ttl,
+            heartbeat_interval: opts.heartbeat_interval,
+            node_id: opts.node_id,
+            work_stealing: opts.work_stealing,
+        },
+    );
+    hub.start(events_rx);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(hub.clone().run_events(events_rx));
-    tasks.spawn(hub.clone().run_dispatcher());
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
@@ -218,5 +198,5 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         }
     });
     tracing::info!(node = opts.node_id, %grpc_addr, %http_addr, data_dir = %opts.data_dir.display(), "scheduler started");
-    Ok(Running { handle, grpc_addr, http_addr, stop, tasks, node_thread: Some(node_thread) })
+    Ok(Running { handle, grpc_addr, http_addr, stop, hub, tasks, node_thread: Some(node_thread) })
 }
