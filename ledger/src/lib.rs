@@ -28,7 +28,8 @@
 //!   cancel, dead letters, GC; workers).
 //! - `queries`: the read API ([`TaskFilter`], listings, counts, timers).
 //! - `planning`: the pure work-stealing and backup plans.
-//! - `codec`: the snapshot bytes.
+//! - [`codec`]: the versioned wire and disk format of log entries and snapshots, with its
+//!   command tag table (described in `docs/formats.md`).
 //! - `invariants`: checks that must hold after every command (used by tests and debug builds).
 
 pub mod codec;

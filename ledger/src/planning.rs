@@ -9,6 +9,9 @@ use crate::records::WorkerRecord;
 use crate::Ledger;
 use crate::Millis;
 
+/// A worker tasks may be stolen from: its slots, its id, and its stealable leases.
+type Victim<'a> = (u64, &'a WorkerId, Vec<(TaskId, u32)>);
+
 impl Ledger {
     /// Which tasks an idle `thief` should steal, at most `max`: tasks leased to other connected
     /// workers, in the thief's queues, never stolen before, and not started (`started` answers
@@ -27,7 +30,7 @@ impl Ledger {
         let speed = |w: &WorkerRecord| u64::from(if w.spec.speed_milli == 0 { 1000 } else { w.spec.speed_milli });
         let my_speed = speed(me);
         // Per victim: its stealable tasks, the ones it would start last at the end.
-        let mut victims: Vec<(u64, &WorkerId, Vec<(TaskId, u32)>)> = Vec::new();
+        let mut victims: Vec<Victim<'_>> = Vec::new();
         for (id, record) in &self.workers {
             if id == thief || !record.connected || my_speed * 3 < speed(record) * 2 {
                 continue;

@@ -31,10 +31,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kiln_ledger::codec::{self, Batch};
 use kiln_ledger::{Applied, Command, Effect, Ledger, LedgerConfig, Millis, Outcome, Rejection};
 use raft::prelude::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft_log::{Bootstrap, RaftLog};
@@ -184,35 +184,16 @@ pub struct NodeConfig {
 /// transport's message limit, so any one entry always fits in a message.
 const MAX_ENTRY_BYTES: usize = 8 << 20;
 
-/// One Raft entry: the commands proposed together, stamped with the leader's clock.
-#[derive(Debug, Serialize, Deserialize)]
-struct Batch {
-    /// The proposing process (its incarnation, not just its node id): only that process holds
-    /// waiters for these sequence numbers. A batch proposed before a restart and committed after
-    /// it must not answer the restarted process's waiters, whose numbering starts again.
-    origin: u64,
-    now: Millis,
-    commands: Vec<(u64, Command)>,
+/// What a snapshot holds: the members' addresses and the ledger, both as of its index, in the
+/// ledger's versioned snapshot format (`kiln_ledger::codec`, described in docs/formats.md).
+fn encode_image(version: u16, members: &BTreeMap<u64, String>, ledger: &Ledger) -> Result<Vec<u8>, codec::Error> {
+    let members: Vec<(u64, String)> = members.iter().map(|(id, a)| (*id, a.clone())).collect();
+    codec::encode_snapshot(version, &members, ledger)
 }
 
-/// What a snapshot holds: the ledger and the members' addresses, both as of its index.
-#[derive(Debug, Serialize, Deserialize)]
-struct Image {
-    members: Vec<(u64, String)>,
-    ledger: Vec<u8>,
-}
-
-fn encode_image(members: &BTreeMap<u64, String>, ledger: &Ledger) -> Vec<u8> {
-    let image =
-        Image { members: members.iter().map(|(id, a)| (*id, a.clone())).collect(), ledger: ledger.to_snapshot() };
-    // Allocated once at its final size (see `Ledger::to_snapshot`); plain data cannot fail.
-    let size = postcard::serialize_with_flavor(&image, postcard::ser_flavors::Size::default()).unwrap_or(0);
-    postcard::to_extend(&image, Vec::with_capacity(size)).unwrap_or_default()
-}
-
-fn decode_image(bytes: &[u8]) -> Result<(BTreeMap<u64, String>, Ledger), postcard::Error> {
-    let image: Image = postcard::from_bytes(bytes)?;
-    Ok((image.members.into_iter().collect(), Ledger::from_snapshot(&image.ledger)?))
+fn decode_image(bytes: &[u8]) -> Result<(BTreeMap<u64, String>, Ledger), codec::Error> {
+    let image = codec::decode_snapshot(bytes)?;
+    Ok((image.members.into_iter().collect(), image.ledger))
 }
 
 /// A v1 conf change as the single-change v2 it means (raft-rs's own conversion is not exported).
@@ -238,18 +219,20 @@ fn recover_alone(log: &mut RaftLog, config: &NodeConfig) -> Result<(), StartErro
     if commit > index {
         let entries = log.entries(index + 1, commit + 1, None, raft::GetEntriesContext::empty(false))?;
         for entry in entries.iter().filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty()) {
-            if let Ok(batch) = postcard::from_bytes::<Batch>(&entry.data) {
-                for (_, cmd) in batch.commands {
-                    ledger.apply(cmd, batch.now);
-                }
-                replayed += 1;
+            // Never skipped: a ledger rebuilt without a committed entry is not the cluster's.
+            let batch = codec::decode_batch(&entry.data)
+                .map_err(|source| StartError::Undecodable { index: entry.index, source })?;
+            for (_, cmd) in batch.commands {
+                ledger.apply(cmd, batch.now);
             }
+            replayed += 1;
         }
     }
     let own = config.members.iter().find(|(id, _)| *id == config.id).map(|(_, a)| a.clone()).unwrap_or_default();
     members.clear();
     members.insert(config.id, own);
-    log.reset(Bootstrap { voters: vec![config.id], data: encode_image(&members, &ledger) })?;
+    let data = encode_image(codec::FORMAT_VERSION, &members, &ledger).map_err(StartError::Encode)?;
+    log.reset(Bootstrap { voters: vec![config.id], data })?;
     tracing::warn!(
         node = config.id,
         snapshot = index,
@@ -275,7 +258,13 @@ pub enum RunError {
     #[error(transparent)]
     Storage(#[from] crate::raft_log::Error),
     #[error("a snapshot received from the leader cannot be decoded: {0}")]
-    Snapshot(#[from] postcard::Error),
+    Snapshot(#[source] codec::Error),
+    /// A committed entry this build cannot read. Every replica must apply every committed entry,
+    /// so the node stops here rather than skip it; a build that reads the format can go on.
+    #[error("committed log entry {index} cannot be decoded, so this node stops before it: {source}")]
+    Undecodable { index: u64, source: codec::Error },
+    #[error("cannot write a snapshot: {0}")]
+    Encode(#[source] codec::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +274,11 @@ pub enum StartError {
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error("the stored snapshot cannot be decoded: {0}")]
-    Snapshot(#[from] postcard::Error),
+    Snapshot(#[from] codec::Error),
+    #[error("committed log entry {index} cannot be decoded, so the ledger cannot be rebuilt: {source}")]
+    Undecodable { index: u64, source: codec::Error },
+    #[error("cannot write a snapshot: {0}")]
+    Encode(#[source] codec::Error),
     #[error("cannot start the node thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -299,6 +292,9 @@ pub(crate) struct Node {
     /// Every known member's address, replicated through conf changes and snapshots.
     members: BTreeMap<u64, String>,
     incarnation: u64,
+    /// The format version this node writes log entries and snapshots in: the one every member of
+    /// the cluster reads. It reads every version its build knows, whatever it writes.
+    format: u16,
     /// Bytes of storage on disk, refreshed every few ticks: asking sled stats its files, too slow
     /// for every read.
     disk_bytes: u64,
@@ -336,10 +332,13 @@ impl Node {
     ) -> Result<Self, StartError> {
         std::fs::create_dir_all(&config.data_dir)?;
         let founders: BTreeMap<u64, String> = config.members.iter().cloned().collect();
-        let bootstrap = (!config.join).then(|| Bootstrap {
-            voters: founders.keys().copied().collect(),
-            data: encode_image(&founders, &Ledger::new(config.ledger.clone())),
-        });
+        let bootstrap = if config.join {
+            None
+        } else {
+            let empty = Ledger::new(config.ledger.clone());
+            let data = encode_image(codec::FORMAT_VERSION, &founders, &empty).map_err(StartError::Encode)?;
+            Some(Bootstrap { voters: founders.keys().copied().collect(), data })
+        };
         let mut log = RaftLog::open(&config.data_dir, bootstrap)?;
         if config.force_new_cluster {
             recover_alone(&mut log, &config)?;
@@ -393,6 +392,7 @@ impl Node {
             events,
             members,
             incarnation,
+            format: codec::FORMAT_VERSION,
             disk_bytes: 0,
             ticks: 0,
             waiters: HashMap::new(),
@@ -452,9 +452,9 @@ impl Node {
                 }
             }
             if let Err(e) = self.round(batch, ticked) {
-                // Storage failures leave the node unable to promise durability: stop serving
-                // rather than acknowledge writes that may not survive.
-                tracing::error!(error = %e, "raft node stopped: storage failure");
+                // A storage failure leaves the node unable to promise durability, and an entry it
+                // cannot decode leaves it unable to follow the log: stop serving either way.
+                tracing::error!(error = %e, "raft node stopped");
                 self.fail_all_waiters(ProposeError::Stopped);
                 return;
             }
@@ -499,6 +499,12 @@ impl Node {
     }
 
     #[cfg(test)]
+    /// Proposes raw entry bytes, as a leader on another build might: for decode-or-halt tests.
+    #[cfg(test)]
+    pub(crate) fn propose_raw(&mut self, data: Vec<u8>) -> Result<(), raft::Error> {
+        self.raw.propose(Vec::new(), data)
+    }
+
     pub(crate) fn ledger(&self) -> &Ledger {
         &self.ledger
     }
@@ -672,7 +678,7 @@ impl Node {
     fn propose_batch(&mut self, now: Millis, commands: Vec<(u64, Command)>) {
         let seqs: Vec<u64> = commands.iter().map(|(s, _)| *s).collect();
         let batch = Batch { origin: self.incarnation, now, commands };
-        let data = match postcard::to_stdvec(&batch) {
+        let data = match codec::encode_batch(self.format, &batch) {
             Ok(data) if data.len() > MAX_ENTRY_BYTES && batch.commands.len() > 1 => {
                 let mut first = batch.commands;
                 let second = first.split_off(first.len() / 2);
@@ -718,7 +724,7 @@ impl Node {
             let snapshot = ready.snapshot().clone();
             // Decode before installing: a snapshot this node cannot read must not replace its log.
             // Stopping is the only safe answer; carrying on would diverge from the other replicas.
-            let (members, ledger) = decode_image(&snapshot.data)?;
+            let (members, ledger) = decode_image(&snapshot.data).map_err(RunError::Snapshot)?;
             self.raw.mut_store().apply_snapshot(&snapshot)?;
             self.ledger = ledger;
             self.members = members;
@@ -788,19 +794,29 @@ impl Node {
             if entry.index <= self.applied {
                 continue;
             }
-            self.applied = entry.index;
             let outcome = match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => None,
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.applied = entry.index;
+                    None
+                }
                 EntryType::EntryNormal => {
-                    self.apply_batch(&entry);
+                    // Decode or halt: skipping an entry another replica can read would let the
+                    // replicas diverge without anyone noticing (a rolling upgrade does exactly
+                    // that: a new leader's new command reaching an old follower).
+                    let batch = codec::decode_batch(&entry.data)
+                        .map_err(|source| RunError::Undecodable { index: entry.index, source })?;
+                    self.applied = entry.index;
+                    self.apply_batch(batch);
                     None
                 }
                 EntryType::EntryConfChange => {
+                    self.applied = entry.index;
                     let mut cc = ConfChange::default();
                     let parsed = protobuf::Message::merge_from_bytes(&mut cc, &entry.data);
                     Some(parsed.map_err(|e| e.to_string()).and_then(|()| self.apply_conf_change(v1_to_v2(cc))))
                 }
                 EntryType::EntryConfChangeV2 => {
+                    self.applied = entry.index;
                     let mut cc = ConfChangeV2::default();
                     let parsed = protobuf::Message::merge_from_bytes(&mut cc, &entry.data);
                     Some(parsed.map_err(|e| e.to_string()).and_then(|()| self.apply_conf_change(cc)))
@@ -860,15 +876,7 @@ impl Node {
         Ok(self.member_list())
     }
 
-    fn apply_batch(&mut self, entry: &Entry) {
-        let batch: Batch = match postcard::from_bytes(&entry.data) {
-            Ok(b) => b,
-            Err(e) => {
-                // Every replica skips the same undecodable entry, so they stay identical.
-                tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
-                return;
-            }
-        };
+    fn apply_batch(&mut self, batch: Batch) {
         self.last_now = self.last_now.max(batch.now);
         let mine = batch.origin == self.incarnation;
         let leader = self.role == StateRole::Leader;
@@ -911,7 +919,7 @@ impl Node {
         if !requested && self.applied.saturating_sub(self.snapshot_index) < self.config.snapshot_every {
             return Ok(());
         }
-        let data = encode_image(&self.members, &self.ledger);
+        let data = encode_image(self.format, &self.members, &self.ledger).map_err(RunError::Encode)?;
         self.raw.mut_store().compact_with_snapshot(self.applied, data)?;
         self.snapshot_index = self.applied;
         tracing::debug!(index = self.applied, "snapshot taken, log compacted");

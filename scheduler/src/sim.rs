@@ -25,7 +25,7 @@ use kiln_types::{AssetGuid, EncodeJob, QueueName, RendererName, RequestId, TaskI
 use raft::prelude::{Message, MessageType};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::{ledger_digest, Node, NodeConfig, NodeEvent, ProposeError, Request, Transport};
+use crate::node::{ledger_digest, Node, NodeConfig, NodeEvent, ProposeError, Request, RunError, Transport};
 
 const ROUND_MS: Millis = 50;
 
@@ -629,4 +629,46 @@ fn proposals_within_the_batch_window_share_one_entry() {
     assert!(matches!(c_rx.try_recv(), Ok(Ok(Ok(Outcome::Submitted(_))))));
     assert!(matches!(d_rx.try_recv(), Ok(Ok(Err(Rejection::UnknownTask(_))))), "each command keeps its own outcome");
     assert_eq!(node.ledger().submitted_total(), 3);
+}
+
+/// Decode or halt: a replica handed a committed entry it cannot read — a command from a newer
+/// build, or a newer format — stops with an error naming the entry, and applies nothing from it or
+/// after it. Skipping it instead would let it diverge from the replicas that can read it.
+#[test]
+fn a_node_that_cannot_decode_a_committed_entry_halts() {
+    use kiln_ledger::codec::{self, Batch, Error};
+    let readable = Batch { origin: 1, now: sim_clock(), commands: vec![(1, Command::ExpireLeases)] };
+    let mut unknown_tag = codec::encode_batch(codec::FORMAT_VERSION, &readable).unwrap_or_else(|e| panic!("{e}"));
+    // ExpireLeases has no fields: the entry ends with its tag. Tag 999 is a varint of two bytes.
+    assert_eq!(unknown_tag.pop(), Some(11));
+    unknown_tag.extend([0xE7, 0x07]);
+    let mut unknown_version = codec::encode_batch(codec::FORMAT_VERSION, &readable).unwrap_or_else(|e| panic!("{e}"));
+    unknown_version[4..6].copy_from_slice(&2u16.to_le_bytes());
+
+    let cases: [(Vec<u8>, &str, fn(&Error) -> bool); 2] = [
+        (unknown_tag, "an unknown command tag", |e| {
+            matches!(e, Error::UnknownCommand { tag: 999, index: 0, version: 1 })
+        }),
+        (unknown_version, "an unknown format version", |e| matches!(e, Error::UnknownVersion { version: 2, .. })),
+    ];
+    for (entry, what, expected) in cases {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut node = lone_leader(tmp.path(), Duration::ZERO);
+        let applied = node.node_status().applied_index;
+        let before = node.ledger().clone();
+        node.propose_raw(entry).unwrap_or_else(|e| panic!("propose: {e}"));
+        // A readable command right behind it must not be applied either.
+        let (tx, _rx) = oneshot::channel();
+        let submit = Request::Propose { cmd: Command::Submit { jobs: vec![job("after")] }, reply: tx };
+        let error = match node.round(vec![submit], false) {
+            Ok(()) => panic!("{what}: the node applied past an entry it cannot decode"),
+            Err(e) => e,
+        };
+        let RunError::Undecodable { index, source } = &error else { panic!("{what}: wrong error {error}") };
+        assert_eq!(*index, applied + 1, "{what}: the error names the entry's log index");
+        assert!(expected(source), "{what}: wrong codec error {source}");
+        assert!(error.to_string().contains(&format!("entry {}", applied + 1)), "{what}: {error}");
+        assert_eq!(node.node_status().applied_index, applied, "{what}: nothing was applied");
+        assert!(*node.ledger() == before, "{what}: the ledger changed");
+    }
 }

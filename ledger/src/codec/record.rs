@@ -41,8 +41,8 @@ where
 
 type Owned = Record<LedgerConfig, Vec<Task>, Vec<WorkerRecord>, Vec<RateBucket>>;
 
-pub(crate) fn encode_ledger(ledger: &Ledger) -> Vec<u8> {
-    let record = Record {
+fn borrowed(ledger: &Ledger) -> impl Serialize + '_ {
+    Record {
         config: &ledger.config,
         next_task: ledger.next_task,
         next_ready_seq: ledger.next_ready_seq,
@@ -52,17 +52,23 @@ pub(crate) fn encode_ledger(ledger: &Ledger) -> Vec<u8> {
         collected: ledger.collected,
         rates: Seq(ledger.rates.iter()),
         steals_total: ledger.steals_total,
-    };
-    // Sized first, so the buffer is allocated once at its final size: a growing Vec of a
-    // 100 MB snapshot briefly holds its old and new halves, which is the replica's peak.
-    // Serializing plain data structures cannot fail.
-    let size = postcard::serialize_with_flavor(&record, postcard::ser_flavors::Size::default()).unwrap_or(0);
-    postcard::to_extend(&record, Vec::with_capacity(size)).unwrap_or_default()
+    }
 }
 
-pub(crate) fn decode_ledger(bytes: &[u8]) -> Result<Ledger, postcard::Error> {
-    let r: Owned = postcard::from_bytes(bytes)?;
-    Ok(from_record(r))
+/// How many bytes [`encode`] appends, so a snapshot's buffer is allocated once.
+pub(super) fn size(ledger: &Ledger) -> Result<usize, postcard::Error> {
+    postcard::serialize_with_flavor(&borrowed(ledger), postcard::ser_flavors::Size::default())
+}
+
+/// Appends the ledger's record.
+pub(super) fn encode(ledger: &Ledger, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    super::put(&borrowed(ledger), out)
+}
+
+/// Reads a ledger's record and rebuilds its indexes; returns the bytes after it.
+pub(super) fn decode(bytes: &[u8]) -> Result<(Ledger, &[u8]), postcard::Error> {
+    let (r, rest): (Owned, _) = postcard::take_from_bytes(bytes)?;
+    Ok((from_record(r), rest))
 }
 
 fn from_record(r: Owned) -> Ledger {
