@@ -131,7 +131,20 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// 1 for most errors; a scheduler node that stopped on its storage says why in its code
+/// (74 disk full or I/O error, 65 damaged data directory, 70 a bug), as docs/operations.md lists.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|cause| {
+            cause
+                .downcast_ref::<kiln_scheduler::NodeFailure>()
+                .map(kiln_scheduler::NodeFailure::exit_code)
+                .or_else(|| cause.downcast_ref::<kiln_scheduler::Error>().map(kiln_scheduler::Error::exit_code))
+        })
+        .unwrap_or(1)
 }

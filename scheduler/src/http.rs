@@ -16,6 +16,7 @@ use axum::Router;
 
 use std::sync::Arc;
 
+use crate::failure::Health;
 use crate::handle::Handle;
 use crate::node::now_ms;
 use crate::sessions::Hub;
@@ -24,26 +25,36 @@ use crate::sessions::Hub;
 struct Shared {
     handle: Handle,
     hub: Arc<Hub>,
+    health: Health,
 }
 
-pub fn router(handle: Handle, hub: Arc<Hub>) -> Router {
+pub fn router(handle: Handle, hub: Arc<Hub>, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
-        .with_state(Shared { handle, hub })
+        .with_state(Shared { handle, hub, health })
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: Handle,
     hub: Arc<Hub>,
+    health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(handle, hub)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(handle, hub, health)).with_graceful_shutdown(shutdown).await
 }
 
-async fn healthz(State(Shared { handle, .. }): State<Shared>) -> impl IntoResponse {
+/// A node whose Raft thread died is neither ready nor alive, and says why (until the process exits).
+fn failed(health: &Health) -> Option<(StatusCode, String)> {
+    health.failure().map(|f| (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {f}\n")))
+}
+
+async fn healthz(State(Shared { handle, health, .. }): State<Shared>) -> impl IntoResponse {
+    if let Some(failed) = failed(&health) {
+        return failed;
+    }
     match handle.status().await {
         Ok(s) if s.leader_id != 0 => {
             (StatusCode::OK, format!("ok: node {} leader {} term {}\n", s.id, s.leader_id, s.term))
@@ -55,7 +66,10 @@ async fn healthz(State(Shared { handle, .. }): State<Shared>) -> impl IntoRespon
 
 /// Liveness, as opposed to readiness (`/healthz`): the node's loop answers, leader or not. An
 /// election must not get a node restarted by its orchestrator.
-async fn livez(State(Shared { handle, .. }): State<Shared>) -> impl IntoResponse {
+async fn livez(State(Shared { handle, health, .. }): State<Shared>) -> impl IntoResponse {
+    if let Some(failed) = failed(&health) {
+        return failed;
+    }
     match handle.status().await {
         Ok(s) => (StatusCode::OK, format!("alive: node {} term {}\n", s.id, s.term)),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
@@ -66,7 +80,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-async fn metrics(State(Shared { handle, hub }): State<Shared>) -> impl IntoResponse {
+async fn metrics(State(Shared { handle, hub, .. }): State<Shared>) -> impl IntoResponse {
     let now = now_ms();
     let live = hub.live();
     let body = handle

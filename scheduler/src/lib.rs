@@ -19,6 +19,8 @@
 
 mod api;
 mod convert;
+mod failpoint;
+mod failure;
 mod handle;
 mod http;
 mod kpi;
@@ -41,18 +43,49 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+pub use failure::{FailureKind, NodeFailure};
 pub use handle::Handle;
 pub use node::{ledger_digest, MemberChange, MembershipOutcome, NodeStatus, ProposeError};
 pub use status::LEADER_METADATA;
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("cannot open the scheduler's data in {dir}: {source}")]
-    Start { dir: std::path::PathBuf, source: node::StartError },
+    #[error("cannot open the scheduler's data in {dir}: {source}{}", start_advice(.kind))]
+    Start { dir: std::path::PathBuf, source: node::StartError, kind: FailureKind },
+    /// Opening the data directory tripped a panic (in raft-rs, on state it refuses).
+    #[error("cannot open the scheduler's data in {dir}: {panic}; {}", failure::CORRUPT_ADVICE)]
+    StartPanic { dir: std::path::PathBuf, panic: NodeFailure },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Failpoints(#[from] failpoint::ParseError),
+}
+
+fn start_advice(kind: &FailureKind) -> String {
+    match kind {
+        FailureKind::DiskFull => "; the disk is full: free space and restart; nothing committed is lost".to_owned(),
+        FailureKind::Corrupt => format!("; {}", failure::CORRUPT_ADVICE),
+        _ => String::new(),
+    }
+}
+
+impl Error {
+    fn start(dir: &std::path::Path, source: node::StartError) -> Self {
+        let kind = NodeFailure::from_error(&source, dir).kind;
+        Error::Start { dir: dir.to_owned(), source, kind }
+    }
+
+    /// The process exit code for this error: as [`NodeFailure::exit_code`] for a data directory
+    /// that cannot be opened, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Start { kind, .. } => kind.exit_code(),
+            Error::StartPanic { .. } => FailureKind::Corrupt.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 fn ledger_config(opts: &SchedulerOptions) -> LedgerConfig {
@@ -77,6 +110,7 @@ pub struct Running {
     hub: std::sync::Arc<sessions::Hub>,
     tasks: JoinSet<()>,
     node_thread: Option<std::thread::JoinHandle<()>>,
+    health: failure::Health,
 }
 
 impl Running {
@@ -90,6 +124,17 @@ impl Running {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Resolves when the node thread stops on an error or a panic (never, if it does not). The
+    /// process should then exit with [`NodeFailure::exit_code`]: the node serves nothing anymore.
+    pub async fn failed(&self) -> NodeFailure {
+        self.health.failed().await
+    }
+
+    /// The node thread's failure, if it has failed.
+    pub fn failure(&self) -> Option<NodeFailure> {
+        self.health.failure()
     }
 
     /// Stops serving, ends the worker sessions and waits for every task they started, lets the
@@ -109,6 +154,7 @@ impl Running {
 
 /// Opens the node's storage, binds its listeners (port 0 picks a free port) and starts serving.
 pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
+    failpoint::init_from_env()?;
     let grpc_listener =
         tokio::net::TcpListener::bind(opts.listen).await.map_err(|source| Error::Bind { addr: opts.listen, source })?;
     let http_listener = tokio::net::TcpListener::bind(opts.http_listen)
@@ -143,12 +189,29 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     // Every node gets a real transport, even a one-member cluster: members can be added later.
     let transport: Box<dyn node::Transport> =
         Box::new(transport::GrpcTransport::new(opts.node_id, requests_tx.clone()));
-    let node = node::Node::open(node_config, transport, events_tx)
-        .map_err(|source| Error::Start { dir: opts.data_dir.clone(), source })?;
+    let dir = opts.data_dir.clone();
+    // raft-rs panics on stored state it refuses; that is a damaged directory, not a crash loop.
+    let opened =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node::Node::open(node_config, transport, events_tx)));
+    let node = match opened {
+        Ok(node) => node.map_err(|source| Error::start(&dir, source))?,
+        Err(panic) => return Err(Error::StartPanic { dir, panic: NodeFailure::from_panic(&*panic) }),
+    };
+    let health = failure::Health::default();
+    let thread_health = health.clone();
     let node_thread = std::thread::Builder::new()
         .name(format!("kiln-raft-{}", opts.node_id))
-        .spawn(move || node.run(requests_rx))
-        .map_err(|e| Error::Start { dir: opts.data_dir.clone(), source: node::StartError::Thread(e) })?;
+        .spawn(move || {
+            // Held until the failure is recorded: callers see the channel close only after it is.
+            let keep_open = requests_rx.clone();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run(requests_rx))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => thread_health.fail(NodeFailure::from_error(&e, &dir)),
+                Err(panic) => thread_health.fail(NodeFailure::from_panic(&*panic)),
+            }
+            drop(keep_open);
+        })
+        .map_err(|e| Error::start(&opts.data_dir, node::StartError::Thread(e)))?;
     let handle = Handle::new(requests_tx);
 
     let hub = sessions::Hub::new(
@@ -188,15 +251,16 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     });
     let http_handle = handle.clone();
     let http_hub = hub.clone();
+    let http_health = health.clone();
     let mut http_stop = stop_rx;
     tasks.spawn(async move {
         let shutdown = async move {
             let _ = http_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = http::serve(http_listener, http_handle, http_hub, shutdown).await {
+        if let Err(e) = http::serve(http_listener, http_handle, http_hub, http_health, shutdown).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
     tracing::info!(node = opts.node_id, %grpc_addr, %http_addr, data_dir = %opts.data_dir.display(), "scheduler started");
-    Ok(Running { handle, grpc_addr, http_addr, stop, hub, tasks, node_thread: Some(node_thread) })
+    Ok(Running { handle, grpc_addr, http_addr, stop, hub, tasks, node_thread: Some(node_thread), health })
 }

@@ -413,8 +413,9 @@ impl Node {
         })
     }
 
-    /// Runs until every `Handle` is dropped.
-    pub(crate) fn run(mut self, requests: flume::Receiver<Request>) {
+    /// Runs until every `Handle` is dropped or [`Request::Stop`]; returns the storage failure that
+    /// stopped it early, for the process to exit on.
+    pub(crate) fn run(mut self, requests: flume::Receiver<Request>) -> Result<(), RunError> {
         let tick = self.config.tick;
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -456,13 +457,14 @@ impl Node {
                 // cannot decode leaves it unable to follow the log: stop serving either way.
                 tracing::error!(error = %e, "raft node stopped");
                 self.fail_all_waiters(ProposeError::Stopped);
-                return;
+                return Err(e);
             }
             if self.stopping {
                 break;
             }
         }
         self.fail_all_waiters(ProposeError::Stopped);
+        Ok(())
     }
 
     /// One turn of the node, driven from outside (by [`run`](Self::run), or by a simulation that

@@ -22,11 +22,16 @@
 //! state) instead of an empty log: a node added later has no log and no configuration, and must
 //! start from a snapshot rather than replay a log whose first configuration it never saw.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use thiserror::Error;
+
+use crate::failpoint;
+
+mod reconcile;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -34,10 +39,54 @@ pub enum Error {
     Sled(#[from] sled::Error),
     #[error("raft storage holds a corrupt {what}: {source}")]
     Corrupt { what: &'static str, source: protobuf::ProtobufError },
+    #[error("raft snapshot file {path} is corrupt: {source}")]
+    CorruptSnapshot { path: PathBuf, source: protobuf::ProtobufError },
+    /// The log, the snapshot and the hard state cannot be reconciled: something on disk is missing.
+    #[error("raft storage in {dir} is inconsistent: {problem}")]
+    Inconsistent { dir: PathBuf, problem: String },
     #[error("raft storage: {0}")]
     Raft(#[from] raft::Error),
-    #[error("raft snapshot file {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("raft storage {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What kind of trouble a storage error is, for the operator: each calls for a different action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// No space left: free some and restart.
+    DiskFull,
+    /// The disk or file system failed a read or write.
+    Io,
+    /// What is on disk cannot be read back or does not fit together.
+    Corrupt,
+    /// Anything else (a refusal from raft-rs, a bug).
+    Other,
+}
+
+/// True for "no space left on device" (ENOSPC), and for EDQUOT, which means the same to an operator.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28 | 122))
+}
+
+fn io_trouble(e: &std::io::Error) -> Trouble {
+    if is_disk_full(e) {
+        Trouble::DiskFull
+    } else {
+        Trouble::Io
+    }
+}
+
+impl Error {
+    pub fn trouble(&self) -> Trouble {
+        match self {
+            Error::Sled(sled::Error::Io(e)) | Error::Io { source: e, .. } => io_trouble(e),
+            Error::Sled(sled::Error::Corruption { .. }) => Trouble::Corrupt,
+            Error::Corrupt { .. } | Error::CorruptSnapshot { .. } | Error::Inconsistent { .. } => Trouble::Corrupt,
+            Error::Sled(_) | Error::Raft(_) => Trouble::Other,
+        }
+    }
 }
 
 impl From<Error> for raft::Error {
@@ -76,6 +125,8 @@ pub struct RaftLog {
     /// Set when raft-rs asked for a snapshot the stored one cannot serve (too old, or taken before
     /// the recipient joined); the node then takes a fresh one. raft-rs retries on its own.
     snapshot_wanted: std::sync::atomic::AtomicBool,
+    /// Entries were written since the last [`RaftLog::sync`] (for the `append-after-sync` failpoint).
+    appended_since_sync: bool,
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -96,29 +147,83 @@ fn bootstrap_hard_state() -> HardState {
     HardState { term: BOOTSTRAP_TERM, commit: BOOTSTRAP_INDEX, ..Default::default() }
 }
 
-/// Replaces the snapshot file atomically: a crash leaves the old snapshot or the new one.
-fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
+/// Who writes a snapshot; failpoints are named after the step of each (none at bootstrap, so a
+/// test's count of hits starts with the first real snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Bootstrap,
+    /// Taken by this node from its own ledger (then the log is compacted to it).
+    Taken,
+    /// Received from the leader.
+    Installed,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    BeforeWrite,
+    AfterWrite,
+    AfterFsync,
+    AfterRename,
+}
+
+fn snapshot_step(origin: Origin, step: Step) -> std::io::Result<()> {
+    let name = match (origin, step) {
+        (Origin::Bootstrap, _) => return Ok(()),
+        (Origin::Taken, Step::BeforeWrite) => "snapshot-before-write",
+        (Origin::Taken, Step::AfterWrite) => "snapshot-after-write",
+        (Origin::Taken, Step::AfterFsync) => "snapshot-after-fsync",
+        (Origin::Taken, Step::AfterRename) => "snapshot-after-rename",
+        (Origin::Installed, Step::BeforeWrite) => "install-before-write",
+        (Origin::Installed, Step::AfterRename) => "install-after-rename",
+        (Origin::Installed, Step::AfterWrite | Step::AfterFsync) => return Ok(()),
+    };
+    failpoint::hit(name)
+}
+
+fn tmp_snapshot_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{SNAPSHOT_FILE}.tmp"))
+}
+
+/// Replaces the snapshot file atomically: a crash leaves the old snapshot or the new one. A write
+/// that fails (a full disk) removes its temporary file and leaves the old snapshot in place.
+fn write_snapshot(dir: &Path, snapshot: &Snapshot, origin: Origin) -> Result<(), Error> {
     let path = dir.join(SNAPSHOT_FILE);
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let io = |source| Error::Io { path: path.clone(), source };
-    {
-        use std::io::Write as _;
-        // Streamed to the file rather than encoded into one more whole-ledger buffer.
-        let f = std::fs::File::create(&tmp).map_err(io)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        protobuf::Message::write_to_writer(snapshot, &mut w)
-            .map_err(|source| Error::Corrupt { what: "snapshot", source })?;
-        w.flush().map_err(io)?;
-        w.get_ref().sync_all().map_err(io)?;
+    let tmp = tmp_snapshot_path(dir);
+    let written = write_temp_snapshot(&tmp, snapshot, origin);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    written?;
+    let io = |source| Error::Io { path: path.clone(), source };
     std::fs::rename(&tmp, &path).map_err(io)?;
+    snapshot_step(origin, Step::AfterRename).map_err(io)?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+fn write_temp_snapshot(tmp: &Path, snapshot: &Snapshot, origin: Origin) -> Result<(), Error> {
+    use std::io::Write as _;
+    let io = |source| Error::Io { path: tmp.to_owned(), source };
+    snapshot_step(origin, Step::BeforeWrite).map_err(io)?;
+    // Streamed to the file rather than encoded into one more whole-ledger buffer.
+    let f = std::fs::File::create(tmp).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    protobuf::Message::write_to_writer(snapshot, &mut w).map_err(|source| match source {
+        protobuf::ProtobufError::IoError(e) => io(e),
+        source => Error::Corrupt { what: "snapshot", source },
+    })?;
+    w.flush().map_err(io)?;
+    snapshot_step(origin, Step::AfterWrite).map_err(io)?;
+    w.get_ref().sync_all().map_err(io)?;
+    snapshot_step(origin, Step::AfterFsync).map_err(io)
 }
 
 fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, Error> {
     let path = dir.join(SNAPSHOT_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(decode("snapshot", &bytes)?)),
+        Ok(bytes) => match Snapshot::parse_from_bytes(&bytes) {
+            Ok(s) => Ok(Some(s)),
+            Err(source) => Err(Error::CorruptSnapshot { path, source }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::Io { path, source }),
     }
@@ -158,6 +263,8 @@ fn encode<M: protobuf::Message>(what: &'static str, m: &M) -> Result<Vec<u8>, Er
 impl RaftLog {
     /// Opens (or creates) the storage in `dir`. A fresh store is bootstrapped from `bootstrap`
     /// (a founding member) or left empty (a node that waits to be added to a running cluster).
+    /// What a crash left inconsistent is repaired, and what no crash explains is refused as
+    /// corruption (see `reconcile`).
     pub fn open(dir: &Path, bootstrap: Option<Bootstrap>) -> Result<Self, Error> {
         let db = open_db(dir)?;
         let log = db.open_tree("log")?;
@@ -174,20 +281,17 @@ impl RaftLog {
         if let (true, Some(b)) = (fresh, bootstrap) {
             let mut snapshot = bootstrap_snapshot(b);
             hard_state = bootstrap_hard_state();
-            write_snapshot(dir, &snapshot)?;
+            write_snapshot(dir, &snapshot, Origin::Bootstrap)?;
             meta.insert(HARD_STATE, encode("hard state", &hard_state)?)?;
             db.flush()?;
             snapshot_meta = snapshot.take_metadata();
         }
+        let stored = reconcile::Stored { dir, log: &log, meta: &meta, snapshot: &snapshot_meta };
+        let (first_index, last_index) = match reconcile::reconcile(&stored, &mut hard_state)? {
+            Some(span) => span,
+            None => (snapshot_meta.index + 1, snapshot_meta.index),
+        };
         let conf_state = snapshot_meta.get_conf_state().clone();
-        let first_index = match log.first()? {
-            Some((k, _)) => index_of(&k),
-            None => snapshot_meta.index + 1,
-        };
-        let last_index = match log.last()? {
-            Some((k, _)) => index_of(&k),
-            None => snapshot_meta.index,
-        };
         Ok(Self {
             dir: dir.to_owned(),
             db,
@@ -199,6 +303,7 @@ impl RaftLog {
             first_index,
             last_index,
             snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
+            appended_since_sync: false,
         })
     }
 
@@ -213,7 +318,7 @@ impl RaftLog {
         self.first_index = 1;
         self.last_index = 0;
         let mut snapshot = bootstrap_snapshot(bootstrap);
-        write_snapshot(&self.dir, &snapshot)?;
+        write_snapshot(&self.dir, &snapshot, Origin::Bootstrap)?;
         self.set_hard_state(bootstrap_hard_state())?;
         self.conf_state = snapshot.get_metadata().get_conf_state().clone();
         self.snapshot_meta = snapshot.take_metadata();
@@ -226,6 +331,7 @@ impl RaftLog {
     /// entries). Not durable until [`sync`](Self::sync).
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), Error> {
         let Some(first) = entries.first() else { return Ok(()) };
+        failpoint::hit("append-before-write").map_err(|e| self.io_error(e))?;
         let mut batch = sled::Batch::default();
         for stale in first.index..=self.last_index {
             batch.remove(&key(stale));
@@ -234,6 +340,8 @@ impl RaftLog {
             batch.insert(&key(e.index), encode("entry", e)?);
         }
         self.log.apply_batch(batch)?;
+        self.appended_since_sync = true;
+        failpoint::hit("append-after-write").map_err(|e| self.io_error(e))?;
         self.last_index = entries.last().map_or(self.last_index, |e| e.index);
         if self.first_index > first.index {
             self.first_index = first.index;
@@ -260,9 +368,17 @@ impl RaftLog {
     }
 
     /// Makes everything written so far durable: one fsync per Raft batch.
-    pub fn sync(&self) -> Result<(), Error> {
+    pub fn sync(&mut self) -> Result<(), Error> {
         self.db.flush()?;
+        if std::mem::take(&mut self.appended_since_sync) {
+            failpoint::hit("append-after-sync").map_err(|e| self.io_error(e))?;
+        }
         Ok(())
+    }
+
+    /// An I/O error of the log itself (sled reports none with a path: this names the directory).
+    fn io_error(&self, source: std::io::Error) -> Error {
+        Error::Io { path: self.dir.clone(), source }
     }
 
     /// Records a snapshot of the state machine at `index` and drops the log up to it.
@@ -273,8 +389,14 @@ impl RaftLog {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.conf_state.clone());
+        // The commit index that covers the snapshot is durable before the snapshot is: a restart
+        // must never find a snapshot past its commit index (raft-rs refuses to start from one).
+        if self.hard_state.commit < index {
+            self.set_commit(index)?;
+        }
+        self.sync()?;
         // The snapshot is durable before the log it replaces is dropped.
-        write_snapshot(&self.dir, &snapshot)?;
+        write_snapshot(&self.dir, &snapshot, Origin::Taken)?;
         self.snapshot_meta = snapshot.take_metadata();
         let mut batch = sled::Batch::default();
         for i in self.first_index..=index.min(self.last_index) {
@@ -283,6 +405,7 @@ impl RaftLog {
         self.log.apply_batch(batch)?;
         self.first_index = index + 1;
         self.last_index = self.last_index.max(index);
+        failpoint::hit("snapshot-after-compaction").map_err(|e| self.io_error(e))?;
         self.sync()
     }
 
@@ -292,8 +415,17 @@ impl RaftLog {
         if meta.index < self.first_index.saturating_sub(1) {
             return Err(Error::Raft(raft::Error::Store(StorageError::SnapshotOutOfDate)));
         }
-        write_snapshot(&self.dir, snapshot)?;
+        // The hard state is on disk before the snapshot is: a snapshot past the bootstrap one
+        // with no hard state beside it is then always damage, never a crash (see `reconcile`).
+        if self.hard_state.term < meta.term {
+            // A vote stored with an older term was cast in that term, not this one.
+            let hs = HardState { term: meta.term, vote: 0, commit: self.hard_state.commit, ..Default::default() };
+            self.set_hard_state(hs)?;
+            self.sync()?;
+        }
+        write_snapshot(&self.dir, snapshot, Origin::Installed)?;
         self.log.clear()?;
+        failpoint::hit("install-after-log-clear").map_err(|e| self.io_error(e))?;
         self.snapshot_meta = meta.clone();
         self.first_index = meta.index + 1;
         self.last_index = meta.index;
@@ -335,6 +467,11 @@ impl RaftLog {
 
     pub fn entry_count(&self) -> u64 {
         (self.last_index + 1).saturating_sub(self.first_index)
+    }
+
+    #[cfg(test)]
+    fn sync_for_test(&self) {
+        self.db.flush().expect("flush");
     }
 
     fn term_of(&self, idx: u64) -> Result<u64, Error> {
@@ -565,5 +702,151 @@ mod tests {
         assert!(log.initial_state().expect("state").conf_state.voters.is_empty());
         assert_eq!(log.stored_snapshot().expect("read"), None);
         assert_eq!(log.last_index().expect("last"), 0);
+    }
+
+    /// What a `kill -9` leaves when it falls after a snapshot's rename and before anything else of
+    /// its round reached the disk: the snapshot at 8, the commit index at 5, the log still 1..=10.
+    fn crash_after_snapshot_rename(dir: &Path, snapshot_term: u64) {
+        let mut log = RaftLog::open(dir, None).expect("open");
+        log.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+        log.set_hard_state(HardState { term: 1, commit: 5, ..Default::default() }).expect("hs");
+        log.sync().expect("sync");
+        let mut snapshot = Snapshot { data: b"ledger@8".to_vec().into(), ..Default::default() };
+        snapshot.mut_metadata().index = 8;
+        snapshot.mut_metadata().term = snapshot_term;
+        snapshot.mut_metadata().mut_conf_state().voters = vec![1];
+        write_snapshot(dir, &snapshot, Origin::Taken).expect("snapshot");
+    }
+
+    #[test]
+    fn a_snapshot_newer_than_the_flushed_commit_index_starts_raft_instead_of_crash_looping() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crash_after_snapshot_rename(dir.path(), 1);
+        let log = RaftLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(log.hard_state().commit, 8, "a snapshot holds only committed entries");
+        assert_eq!((log.first_index().expect("first"), log.last_index().expect("last")), (9, 10));
+        assert!(matches!(log.term(7), Err(raft::Error::Store(StorageError::Compacted))));
+        // What the node does at start: tell raft-rs everything up to the snapshot is applied.
+        // Before reconciling, raft-rs panicked here ("applied(8) is out of range") on every start.
+        let config = raft::Config { id: 1, applied: 8, ..Default::default() };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = raft::RawNode::new(&config, log, &logger).expect("raft starts");
+        assert_eq!(raw.raft.raft_log.committed, 8);
+        drop(raw);
+        let log = RaftLog::open(dir.path(), None).expect("a second start changes nothing");
+        assert_eq!((log.hard_state().commit, log.first_index().expect("first")), (8, 9));
+    }
+
+    #[test]
+    fn a_log_from_another_history_than_an_installed_snapshot_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The leader's snapshot says term 2 at index 8; this node's log had term 1 there.
+        crash_after_snapshot_rename(dir.path(), 2);
+        let log = RaftLog::open(dir.path(), None).expect("reopen");
+        assert_eq!((log.first_index().expect("first"), log.last_index().expect("last")), (9, 8));
+        assert_eq!((log.hard_state().term, log.hard_state().commit), (2, 8));
+    }
+
+    #[test]
+    fn a_commit_index_past_the_stored_log_is_clamped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = RaftLog::open(dir.path(), None).expect("open");
+            log.append(&(1..=4).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+            log.set_hard_state(HardState { term: 1, commit: 9, ..Default::default() }).expect("hs");
+            log.sync().expect("sync");
+        }
+        assert_eq!(RaftLog::open(dir.path(), None).expect("reopen").hard_state().commit, 4);
+    }
+
+    #[test]
+    fn a_half_written_snapshot_is_removed_and_the_old_one_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = RaftLog::open(dir.path(), None).expect("open");
+            log.append(&(1..=6).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+            log.compact_with_snapshot(3, b"at 3".to_vec()).expect("snapshot");
+        }
+        std::fs::write(tmp_snapshot_path(dir.path()), b"half a snap").expect("write");
+        let log = RaftLog::open(dir.path(), None).expect("reopen");
+        assert!(!tmp_snapshot_path(dir.path()).exists());
+        assert_eq!(log.stored_snapshot().expect("read"), Some((3, b"at 3".to_vec())));
+    }
+
+    fn log_with_snapshot_at_5(dir: &Path) -> RaftLog {
+        let mut log = RaftLog::open(dir, None).expect("open");
+        log.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+        log.compact_with_snapshot(5, b"at 5".to_vec()).expect("snapshot");
+        log
+    }
+
+    fn open_error(dir: &Path) -> String {
+        match RaftLog::open(dir, None) {
+            Ok(_) => panic!("a damaged store opened"),
+            Err(e) => {
+                assert_eq!(e.trouble(), Trouble::Corrupt, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn a_log_that_starts_after_the_snapshot_is_reported_as_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log_with_snapshot_at_5(dir.path());
+        log.log.remove(key(6)).expect("remove");
+        log.log.remove(key(7)).expect("remove");
+        log.sync_for_test();
+        drop(log);
+        let msg = open_error(dir.path());
+        assert!(msg.contains("starts at index 8 but the snapshot ends at 5"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "names the directory: {msg}");
+    }
+
+    #[test]
+    fn a_hole_in_the_log_is_reported_as_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log_with_snapshot_at_5(dir.path());
+        log.log.remove(key(8)).expect("remove");
+        log.sync_for_test();
+        drop(log);
+        assert!(open_error(dir.path()).contains("entries 8..8 are missing"));
+    }
+
+    #[test]
+    fn garbage_in_the_log_is_reported_as_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log_with_snapshot_at_5(dir.path());
+        log.log.insert(key(7), &[0xff; 16][..]).expect("insert");
+        log.sync_for_test();
+        drop(log);
+        assert!(open_error(dir.path()).contains("corrupt log entry"));
+    }
+
+    #[test]
+    fn a_garbage_or_truncated_snapshot_file_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(log_with_snapshot_at_5(dir.path()));
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let good = std::fs::read(&path).expect("read");
+        for bad in [vec![0xffu8; 64], good[..good.len() / 2].to_vec()] {
+            std::fs::write(&path, bad).expect("write");
+            let msg = open_error(dir.path());
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_sled_database_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(log_with_snapshot_at_5(dir.path()));
+        let db = dir.path().join("db");
+        let len = std::fs::metadata(&db).expect("sled's file").len() as usize;
+        std::fs::write(&db, vec![0x5a; len]).expect("overwrite");
+        let opened = std::panic::catch_unwind(|| RaftLog::open(dir.path(), None).map(|_| ()));
+        match opened {
+            Ok(result) => assert!(result.is_err(), "garbage in sled opened as a store"),
+            Err(_) => panic!("sled panicked on a damaged database"),
+        }
     }
 }

@@ -119,6 +119,19 @@ impl KilnProcess {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its exit status, or `None` if it
+    /// is still running (or was never started).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => return Some(status),
+                Some(Ok(None)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                _ => return None,
+            }
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();

@@ -186,7 +186,14 @@ pub async fn execute(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     loop {
-        let counts = handle.read(|l, _| l.counts()).await?;
+        let counts = match handle.read(|l, _| l.counts()).await {
+            Ok(counts) => counts,
+            // The embedded node stopped: say why (a full disk, a damaged state dir), not just that.
+            Err(e) => match scheduler.failure() {
+                Some(failure) => return Err(anyhow::Error::new(failure).context("the embedded scheduler stopped")),
+                None => return Err(e.into()),
+            },
+        };
         let done = counts.succeeded + counts.dead_lettered + counts.cancelled;
         bar.set_position(done);
         bar.set_message(format!("{} rendering, {} failed", counts.leased, counts.dead_lettered));

@@ -1,4 +1,5 @@
-//! `kiln scheduler`: run one scheduler node until SIGTERM.
+//! `kiln scheduler`: run one scheduler node until SIGTERM, or until its Raft node fails (then exit
+//! non-zero, with the cause, so a supervisor restarts it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,7 +69,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         running.grpc_addr(),
         running.http_addr()
     );
-    crate::signals::shutdown().await;
+    // A node whose Raft thread died serves nothing: exit (non-zero) so systemd or compose restart
+    // it, rather than linger answering UNAVAILABLE.
+    let failure = tokio::select! {
+        () = crate::signals::shutdown() => None,
+        failure = running.failed() => Some(failure),
+    };
     running.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(f) => Err(anyhow::Error::new(f).context(format!("scheduler node {} stopped", opts.scheduler.node_id))),
+    }
 }
