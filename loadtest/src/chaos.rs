@@ -3,10 +3,11 @@
 //! the leader across failovers, and `--chaos-every N` kills (SIGKILL) or pauses (SIGSTOP) the
 //! leader or a random node every N seconds, bringing it back after `--chaos-down`.
 //!
-//! The workers here behave like the real one where failover is concerned: a session that ends
-//! goes to the leader named in `kiln-leader` (or the next address), says `Hello` with the leases
-//! it still holds, and re-sends every completion not yet acknowledged. So the end of a run says
-//! whether the cluster lost, duplicated or stranded anything — the audit reads every task back.
+//! The workers are the real worker (`crate::worker`): a session that ends goes to the leader named
+//! in `kiln-leader` (or the next address), says `Hello` with the leases it still holds, and
+//! re-sends every report not yet acknowledged. So the end of a run says whether the cluster and
+//! the worker that ships together lost, duplicated or stranded anything — the audit reads every
+//! task back.
 //!
 //! ```text
 //!  submitters ──Submit──▶ ┌ node 1 ┐
@@ -14,16 +15,16 @@
 //!          ──Completed──▶ └ node 3 ┘
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::FutureExt as _;
-use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up};
-use tokio::sync::mpsc;
+use kiln_proto::v1;
+
+use crate::worker::{self, Pace, Probe, Spec};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
@@ -178,194 +179,8 @@ fn spawn_cluster(args: &ClusterArgs, dir: &std::path::Path, max_live: u64) -> an
     Ok(nodes)
 }
 
-/// What every worker, submitter and the chaos task share.
-#[derive(Default)]
-struct Shared {
-    acked: AtomicU64,
-    assigned: AtomicU64,
-    /// request_id → when its submit returned (the task was durable from then on).
-    submitted_at: Mutex<HashMap<String, Instant>>,
-    /// Durable submit → assignment at a worker, µs.
-    lease_latency: Mutex<Vec<u64>>,
-    /// Completion sent → its ack, µs (first send; re-sends after a failover count from the first).
-    ack_latency: Mutex<Vec<u64>>,
-    /// The last kill not yet followed by a lease from another node: (when, which node).
-    kill: Mutex<Option<(Instant, u64)>>,
-    /// Kill of the leader → first lease granted by its successor.
-    failovers: Mutex<Vec<Duration>>,
-    reconnects: AtomicU64,
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How a session ended: with the leader's address, or not.
-struct Ended {
-    leader_hint: Option<String>,
-    why: String,
-}
-
-/// A simulated worker that survives failovers: leases and unacknowledged completions outlive
-/// the session, and are claimed (`Hello.held`) and re-sent on the next one.
-async fn worker(
-    id: String,
-    addresses: Vec<String>,
-    load: Arc<Load>,
-    shared: Arc<Shared>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    // (task, lease_seq) → when its completion was first sent.
-    let mut outstanding: HashMap<(u64, u32), Instant> = HashMap::new();
-    let mut next = 0usize;
-    let mut hint: Option<String> = None;
-    while !*stop.borrow() {
-        let address = hint.take().unwrap_or_else(|| {
-            next += 1;
-            addresses[next % addresses.len()].clone()
-        });
-        let ended = session(&id, &address, &load, &shared, &mut outstanding, stop.clone()).await;
-        match ended {
-            Ok(()) => return,
-            Err(e) => {
-                shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(worker = %id, %address, why = %e.why, "session ended");
-                hint = e.leader_hint;
-                tokio::time::sleep(Duration::from_millis(if hint.is_some() { 10 } else { 100 })).await;
-            }
-        }
-    }
-}
-
-async fn session(
-    id: &str,
-    address: &str,
-    load: &Load,
-    shared: &Shared,
-    outstanding: &mut HashMap<(u64, u32), Instant>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), Ended> {
-    let fail = |why: String| Ended { leader_hint: None, why };
-    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .map_err(|e| fail(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2));
-    let channel = endpoint.connect().await.map_err(|e| fail(e.to_string()))?;
-    let mut client = v1::worker_session_client::WorkerSessionClient::new(channel);
-    let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(65_536);
-    let up = |msg: Up| v1::WorkerMessage { msg: Some(msg) };
-    let capacity = load.slots * (1 + load.prefetch);
-    let held: Vec<v1::LeaseRef> = outstanding
-        .keys()
-        .map(|(task_id, lease_seq)| v1::LeaseRef { task_id: *task_id, lease_seq: *lease_seq })
-        .collect();
-    let hello = v1::Hello {
-        worker_id: id.to_owned(),
-        hostname: "loadtest".into(),
-        slots: load.slots,
-        cores: load.slots,
-        speed: 1.0,
-        queues: vec!["default".into()],
-        version: env!("CARGO_PKG_VERSION").into(),
-        held: held.clone(),
-        ..Default::default()
-    };
-    let _ = tx.try_send(up(Up::Hello(hello)));
-    // Completions the last leader may never have recorded: the ledger ignores duplicates.
-    for lease in held {
-        let _ = tx
-            .try_send(up(Up::Completed(v1::Completed { lease: Some(lease), result: Some(v1::TaskResult::default()) })));
-    }
-    let want = capacity.saturating_sub(outstanding.len() as u32);
-    if want > 0 {
-        let _ = tx.try_send(up(Up::Want(v1::Want { count: want })));
-    }
-    let response = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
-    let mut inbound = match response {
-        Ok(r) => r.into_inner(),
-        Err(status) => return Err(ended(&status)),
-    };
-    let mut session_node = 0u64;
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
-    // As a real worker does, free room is announced once per burst of acks, not once per ack.
-    let mut room_changed = false;
-    loop {
-        let ready = inbound.message().now_or_never();
-        let msg = match ready {
-            Some(m) => m,
-            None => {
-                let want = capacity.saturating_sub(outstanding.len() as u32);
-                if std::mem::take(&mut room_changed) && want > 0 {
-                    let _ = tx.try_send(up(Up::Want(v1::Want { count: want })));
-                }
-                tokio::select! {
-                    m = inbound.message() => m,
-                    _ = heartbeat.tick() => {
-                        let held = outstanding.keys().map(|(t, s)| v1::LeaseRef { task_id: *t, lease_seq: *s }).collect();
-                        let _ = tx.try_send(up(Up::Heartbeat(v1::Heartbeat { held, busy_slots: 0, ..Default::default() })));
-                        continue;
-                    }
-                    _ = stop.changed() => return Ok(()),
-                }
-            }
-        };
-        let msg = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(fail("stream closed".into())),
-            Err(status) => return Err(ended(&status)),
-        };
-        match msg.msg {
-            Some(Down::Welcome(w)) => session_node = w.node_id,
-            Some(Down::Assign(a)) => {
-                shared.assigned.fetch_add(a.tasks.len() as u64, Ordering::Relaxed);
-                let now = Instant::now();
-                {
-                    let mut kill = lock(&shared.kill);
-                    if let Some((at, killed)) = *kill {
-                        if killed != session_node {
-                            lock(&shared.failovers).push(now - at);
-                            *kill = None;
-                        }
-                    }
-                }
-                for t in a.tasks {
-                    let Some(lease) = t.lease else { continue };
-                    if let Some(at) =
-                        t.job.as_ref().and_then(|j| lock(&shared.submitted_at).get(&j.request_id).copied())
-                    {
-                        lock(&shared.lease_latency).push(now.saturating_duration_since(at).as_micros() as u64);
-                    }
-                    outstanding.entry((lease.task_id, lease.lease_seq)).or_insert_with(Instant::now);
-                    let tx = tx.clone();
-                    let task_ms = load.task_ms;
-                    crate::sim::complete_after(tx, lease, task_ms);
-                }
-            }
-            Some(Down::Ack(ack)) => {
-                let Some(lease) = ack.lease else { continue };
-                if let Some(sent) = outstanding.remove(&(lease.task_id, lease.lease_seq)) {
-                    lock(&shared.ack_latency).push(sent.elapsed().as_micros() as u64);
-                    if ack.accepted {
-                        shared.acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                room_changed = true;
-            }
-            Some(Down::Revoke(r)) => {
-                for l in r.leases {
-                    outstanding.remove(&(l.task_id, l.lease_seq));
-                }
-            }
-            None => {}
-        }
-    }
-}
-
-fn ended(status: &tonic::Status) -> Ended {
-    let leader_hint = status.metadata().get("kiln-leader").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    Ended { leader_hint, why: format!("{}: {}", status.code(), status.message()) }
 }
 
 async fn view(address: &str) -> Option<v1::ClusterResponse> {
@@ -442,25 +257,27 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     }
 
     let load = Arc::new(load);
-    let shared = Arc::new(Shared::default());
+    let probe = Arc::new(Probe::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let run_id = format!("lt-{}", std::process::id());
     let mut workers = Vec::new();
     for w in 0..load.workers {
-        workers.push(tokio::spawn(worker(
-            format!("{run_id}-w{w}"),
-            addresses.clone(),
-            load.clone(),
-            shared.clone(),
-            stop_rx.clone(),
-        )));
+        let spec = Spec {
+            id: format!("{run_id}-w{w}"),
+            schedulers: addresses.clone(),
+            slots: load.slots,
+            prefetch: load.prefetch,
+            speed: 1.0,
+            pace: Pace::Fixed(Duration::from_millis(load.task_ms)),
+        };
+        workers.push(worker::spawn(spec, probe.clone(), stop_rx.clone())?);
     }
 
     // Chaos: every N seconds take a node down (kill or pause), bring it back after chaos_down.
     let kills = Arc::new(AtomicU64::new(0));
     let chaos = if args.chaos_every > 0.0 {
         let (every, down, pause, target) = (args.chaos_every, args.chaos_down, args.chaos_pause, args.chaos_target);
-        let (shared, kills, members) = (shared.clone(), kills.clone(), members.clone());
+        let (probe, kills, members) = (probe.clone(), kills.clone(), members.clone());
         let mut stop = stop_rx.clone();
         let mut seed = args.chaos_seed;
         let mut nodes = std::mem::take(&mut nodes);
@@ -479,7 +296,7 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
                 let Some(victim) = victim else { continue };
                 let Some(node) = nodes.iter_mut().find(|n| n.id == victim) else { continue };
                 if Some(victim) == leader {
-                    *lock(&shared.kill) = Some((Instant::now(), victim));
+                    probe.killed(victim);
                 }
                 kills.fetch_add(1, Ordering::Relaxed);
                 if pause {
@@ -509,8 +326,8 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     let submitted = Arc::new(Mutex::new(BTreeSet::new()));
     let mut submitters = Vec::new();
     for _ in 0..load.submitters {
-        let (next, addresses, run_id, shared, submitted, load) =
-            (next.clone(), addresses.clone(), run_id.clone(), shared.clone(), submitted.clone(), load.clone());
+        let (next, addresses, run_id, probe, submitted, load) =
+            (next.clone(), addresses.clone(), run_id.clone(), probe.clone(), submitted.clone(), load.clone());
         submitters.push(tokio::spawn(async move {
             let mut client = kiln_proto::Client::new(addresses)?;
             client.attempt_timeout = Duration::from_secs(5);
@@ -525,11 +342,7 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
                 let ids: Vec<String> = jobs.iter().map(|j| j.request_id.clone()).collect();
                 lock(&submitted).extend(ids.iter().cloned());
                 crate::sim::submit(&mut client, jobs).await?;
-                let now = Instant::now();
-                let mut at = lock(&shared.submitted_at);
-                for id in ids {
-                    at.insert(id, now);
-                }
+                probe.submitted(ids);
             }
         }));
     }
@@ -567,7 +380,11 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
         n.signal(libc::SIGCONT);
     }
     for w in workers {
-        let _ = w.await;
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("a worker failed: {e:#}"),
+            Err(e) => eprintln!("a worker panicked: {e}"),
+        }
     }
     let submitted: BTreeSet<String> = std::mem::take(&mut *lock(&submitted));
     let audit = audit(&addresses, &submitted).await?;
@@ -584,7 +401,9 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
             "disk_bytes": v.as_ref().map(|v| v.disk_bytes),
         }));
     }
-    let failovers: Vec<u64> = lock(&shared.failovers).iter().map(|d| d.as_micros() as u64).collect();
+    let failovers: Vec<u64> = probe.failovers().iter().map(|d| d.as_micros() as u64).collect();
+    // Every worker's first session is not a reconnect.
+    let reconnects = probe.sessions.load(Ordering::Relaxed).saturating_sub(u64::from(load.workers));
     let report = serde_json::json!({
         "tasks": load.tasks,
         "nodes": if members.is_empty() { addresses.len() } else { members.len() },
@@ -592,11 +411,11 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
         "submit_tasks_per_sec": load.tasks as f64 / submit_secs,
         "end_to_end_secs": total_secs,
         "end_to_end_tasks_per_sec": load.tasks as f64 / total_secs,
-        "lease_latency_ms": percentiles(std::mem::take(&mut *lock(&shared.lease_latency))),
-        "completion_ack_latency_ms": percentiles(std::mem::take(&mut *lock(&shared.ack_latency))),
+        "lease_latency_ms": percentiles(probe.lease_latencies()),
+        "completion_ack_latency_ms": percentiles(probe.ack_latencies()),
         "chaos_events": kills.load(Ordering::Relaxed),
         "failover_to_first_lease_ms": percentiles(failovers),
-        "worker_reconnects": shared.reconnects.load(Ordering::Relaxed),
+        "worker_reconnects": reconnects,
         "audit": audit,
         "nodes_at_end": views,
     });

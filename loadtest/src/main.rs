@@ -1,10 +1,11 @@
 //! `kiln-loadtest`: drives a real scheduler with simulated submitters and workers and reports
 //! throughput and latency.
 //!
-//! Workers speak the real `WorkerSession` protocol over gRPC, so the measured path is the one
-//! production takes: submit → Raft commit + fsync → lease → assignment on the stream → completion
-//! → Raft commit + fsync → ack. Tasks are no-ops (or sleep for `--task-ms`), so the scheduler is
-//! the only thing measured.
+//! The workers are the real `kiln-worker` (session, leases, slots, outbox, drain) with a render
+//! that sleeps for `--task-ms` and a storage that moves no bytes (see the `worker` module), so
+//! the measured path is the one production takes: submit → Raft commit + fsync → lease →
+//! assignment on the stream → completion → Raft commit + fsync → ack, and the scheduler is the
+//! only thing measured.
 //!
 //! With `--embedded` it starts a one-node scheduler in-process on a temporary data dir; otherwise
 //! it targets `--scheduler`. With `--cluster N` (or `--schedulers a,b,c`) it drives a replicated
@@ -15,6 +16,7 @@
 mod chaos;
 mod fleet;
 mod sim;
+mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,9 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up};
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 
 #[derive(Parser)]
 #[command(about = "Load-test a Kiln scheduler with simulated workers and submitters.")]
@@ -74,12 +73,6 @@ struct Args {
     seed: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    assigned: AtomicU64,
-    acked: AtomicU64,
-}
-
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -88,72 +81,13 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn simulated_worker(
-    address: String,
-    id: String,
-    slots: u32,
-    prefetch: u32,
-    task_ms: u64,
-    counters: Arc<Counters>,
-    ack_latencies: mpsc::UnboundedSender<u64>,
-) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(address)?.tcp_nodelay(true).connect().await?;
-    let mut client = v1::worker_session_client::WorkerSessionClient::new(channel);
-    let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(4096);
-    let capacity = slots * (1 + prefetch);
-    tx.send(v1::WorkerMessage {
-        msg: Some(Up::Hello(v1::Hello {
-            worker_id: id.clone(),
-            hostname: "loadtest".into(),
-            slots,
-            cores: slots,
-            speed: 1.0,
-            queues: vec!["default".into()],
-            version: env!("CARGO_PKG_VERSION").into(),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    tx.send(v1::WorkerMessage { msg: Some(Up::Want(v1::Want { count: capacity })) }).await?;
-    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    let mut sent_at = std::collections::HashMap::new();
-    while let Some(msg) = inbound.next().await {
-        match msg?.msg {
-            Some(Down::Assign(a)) => {
-                counters.assigned.fetch_add(a.tasks.len() as u64, Ordering::Relaxed);
-                for t in a.tasks {
-                    let Some(lease) = t.lease else { continue };
-                    let tx = tx.clone();
-                    sent_at.insert((lease.task_id, lease.lease_seq), Instant::now());
-                    crate::sim::complete_after(tx, lease, task_ms);
-                }
-            }
-            Some(Down::Ack(ack)) => {
-                if let Some(lease) = ack.lease {
-                    if let Some(at) = sent_at.remove(&(lease.task_id, lease.lease_seq)) {
-                        let _ = ack_latencies.send(at.elapsed().as_micros() as u64);
-                    }
-                }
-                counters.acked.fetch_add(1, Ordering::Relaxed);
-                // Every ack frees one place: ask for exactly that much more.
-                let held = sent_at.len() as u32;
-                let want = capacity.saturating_sub(held);
-                if want > 0 {
-                    tx.send(v1::WorkerMessage { msg: Some(Up::Want(v1::Want { count: want })) }).await?;
-                }
-            }
-            Some(Down::Welcome(_)) | Some(Down::Revoke(_)) | None => {}
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The workers' reconnect warnings are expected under chaos; the report counts them.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kiln_worker=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -208,32 +142,26 @@ async fn main() -> anyhow::Result<()> {
         None => args.scheduler.clone(),
     };
     let run_id = format!("lt-{}", std::process::id());
-    let counters = Arc::new(Counters::default());
-    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel();
+    let probe = Arc::new(worker::Probe::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
     for w in 0..args.workers {
-        let (addr, id, c, lat) = (address.clone(), format!("{run_id}-w{w}"), counters.clone(), lat_tx.clone());
-        let (slots, prefetch, task_ms) = (args.slots, args.prefetch, args.task_ms);
-        tokio::spawn(async move {
-            // Like a real worker, reconnect when the session ends (leader change, restart).
-            loop {
-                match simulated_worker(addr.clone(), id.clone(), slots, prefetch, task_ms, c.clone(), lat.clone()).await
-                {
-                    Ok(()) => break,
-                    Err(e) => {
-                        eprintln!("{id}: {e:#}; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        });
+        let spec = worker::Spec {
+            id: format!("{run_id}-w{w}"),
+            schedulers: vec![address.clone()],
+            slots: args.slots,
+            prefetch: args.prefetch,
+            speed: 1.0,
+            pace: worker::Pace::Fixed(Duration::from_millis(args.task_ms)),
+        };
+        workers.push(worker::spawn(spec, probe.clone(), stop_rx.clone())?);
     }
-    drop(lat_tx);
 
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut submitters = Vec::new();
     for _ in 0..args.submitters {
-        let (next, address, run_id) = (next.clone(), address.clone(), run_id.clone());
+        let (next, address, run_id, probe) = (next.clone(), address.clone(), run_id.clone(), probe.clone());
         let (total, batch) = (args.tasks, args.batch as u64);
         submitters.push(tokio::spawn(async move {
             let mut client = kiln_proto::Client::new([address])?;
@@ -243,7 +171,9 @@ async fn main() -> anyhow::Result<()> {
                     return anyhow::Ok(());
                 }
                 let jobs = (from..(from + batch).min(total)).map(|i| crate::sim::job(&run_id, i)).collect::<Vec<_>>();
+                let ids: Vec<String> = jobs.iter().map(|j| j.request_id.clone()).collect();
                 crate::sim::submit(&mut client, jobs).await?;
+                probe.submitted(ids);
             }
         }));
     }
@@ -252,17 +182,21 @@ async fn main() -> anyhow::Result<()> {
     }
     let submit_secs = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while counters.acked.load(Ordering::Relaxed) < args.tasks {
+    while probe.accepted.load(Ordering::Relaxed) < args.tasks {
         if Instant::now() > deadline {
-            anyhow::bail!("timed out: {} of {} tasks acknowledged", counters.acked.load(Ordering::Relaxed), args.tasks);
+            anyhow::bail!("timed out: {} of {} tasks acknowledged", probe.accepted.load(Ordering::Relaxed), args.tasks);
+        }
+        if workers.iter().any(|w| w.is_finished()) {
+            anyhow::bail!("a worker stopped early");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total_secs = started.elapsed().as_secs_f64();
-    let mut latencies = Vec::new();
-    while let Ok(l) = lat_rx.try_recv() {
-        latencies.push(l);
+    let _ = stop_tx.send(true);
+    for w in workers {
+        w.await.context("a worker panicked")?.context("a worker failed")?;
     }
+    let mut latencies = probe.ack_latencies();
     latencies.sort_unstable();
     let report = serde_json::json!({
         "tasks": args.tasks,

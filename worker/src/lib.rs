@@ -19,8 +19,10 @@
 //! - `leases`: the table of held leases and their phases.
 //! - `task`: one task from lease to report: fetch, render, upload, manifest.
 //! - `budget`: the bytes of masters held in memory at once.
-//! - `slots`: the render threads, one per slot, pinned to cores; the [`Render`] seam.
+//! - `slots`: the render threads, one per slot, pinned to cores; the [`Render`] edge.
+//! - `storage`: the [`Storage`] edge (fetch the master, put the derivatives), by asset.
 //! - `store`: masters and derivatives through `object_store`, and the keys under each.
+//! - `observe`: the optional [`Observer`] of what the session is told (the loadtest measures with it).
 //! - `manifest`: `manifest.json` and the ack's `TaskResult`.
 //! - `capacity`: cores, memory, slots and measured speed.
 //! - `metrics`, `http`: Prometheus counters, `/metrics` and `/healthz`.
@@ -35,8 +37,10 @@ mod http;
 mod leases;
 mod manifest;
 mod metrics;
+mod observe;
 mod session;
 mod slots;
+mod storage;
 mod store;
 mod task;
 mod worker;
@@ -44,6 +48,8 @@ mod worker;
 pub use capacity::{measure_speed, Capacity};
 pub use error::{Error, TaskError};
 pub use manifest::Manifest;
+pub use observe::Observer;
 pub use slots::Render;
+pub use storage::Storage;
 pub use store::{download, Remote};
-pub use worker::{Worker, DELIVERY_GRACE};
+pub use worker::{Edges, Worker, DELIVERY_GRACE};

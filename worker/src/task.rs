@@ -27,11 +27,12 @@ use crate::error::TaskError;
 use crate::manifest::{self, Manifest};
 use crate::metrics::Metrics;
 use crate::slots::{Job, Rendered, Stage};
-use crate::store::{Store, MANIFEST_FILE};
+use crate::storage::Storage;
+use crate::store::MANIFEST_FILE;
 
 /// What every task of this worker shares.
 pub struct Shared {
-    pub store: Store,
+    pub store: Arc<dyn Storage>,
     /// Into the render threads.
     pub slots: flume::Sender<Job>,
     /// Bytes of masters held in memory, from fetch until the slot lets go of them.
@@ -109,11 +110,12 @@ impl From<TaskError> for Stop {
 
 async fn execute(shared: &Shared, task: &Assigned, stage: Arc<Stage>) -> Result<v1::TaskResult, Stop> {
     let job = &task.job;
-    let master_key = shared.store.master_key(&job.asset_guid)?;
+    let guid = &job.asset_guid;
+    let master_uri = shared.store.master_uri(guid)?;
     let fetch_started = Instant::now();
-    let size = shared.store.master_size(&master_key, shared.max_master_bytes).await?;
+    let size = shared.store.master_size(guid, shared.max_master_bytes).await?;
     let permit = shared.memory.reserve(size).await.map_err(|_| TaskError::SlotsClosed)?;
-    let master = shared.store.fetch(&master_key, shared.max_master_bytes).await?;
+    let master = shared.store.fetch(guid, shared.max_master_bytes).await?;
     let fetch_micros = micros(fetch_started);
     let master_bytes = master.len() as u64;
     shared.metrics.fetched(master.len(), fetch_micros);
@@ -140,13 +142,12 @@ async fn execute(shared: &Shared, task: &Assigned, stage: Arc<Stage>) -> Result<
     // Outputs first, concurrently; the manifest last, so it only ever names files that exist.
     let upload_started = Instant::now();
     let uploads = rendered.files.iter().map(|f| async move {
-        let key = shared.store.output_key(&job.asset_guid, &f.name)?;
-        shared.store.put(&key, f.bytes.clone()).await?;
+        let uri = shared.store.put(guid, &f.name, f.bytes.clone()).await?;
         shared.metrics.uploaded(f.bytes.len());
         Ok::<_, TaskError>(manifest::Output {
             renderer: f.renderer.clone(),
             name: f.name.clone(),
-            uri: key.uri,
+            uri,
             sha256: f.sha256.clone(),
             bytes: f.bytes.len() as u64,
             content_type: f.content_type.clone(),
@@ -163,8 +164,7 @@ async fn execute(shared: &Shared, task: &Assigned, stage: Arc<Stage>) -> Result<
         upload_micros: outputs_micros,
         renderers: rendered.renderers.iter().map(|(r, _, us)| (r.clone(), *us)).collect(),
     };
-    let master_info =
-        manifest::Master { uri: master_key.uri, bytes: master_bytes, duration_secs: rendered.duration_secs };
+    let master_info = manifest::Master { uri: master_uri, bytes: master_bytes, duration_secs: rendered.duration_secs };
     let origin =
         manifest::Origin { job, task_id: task.lease.task_id, attempt: task.attempt, worker: &shared.worker_id };
     let manifest = Manifest::new(origin, master_info, metadata, outputs, timings);
@@ -172,12 +172,11 @@ async fn execute(shared: &Shared, task: &Assigned, stage: Arc<Stage>) -> Result<
         key: MANIFEST_FILE.to_owned(),
         reason: format!("cannot encode the manifest: {e}"),
     })?;
-    let manifest_key = shared.store.output_key(&job.asset_guid, MANIFEST_FILE)?;
     shared.metrics.uploaded(body.len());
-    shared.store.put(&manifest_key, body.into()).await?;
+    let manifest_uri = shared.store.put(guid, MANIFEST_FILE, body.into()).await?;
     let upload_micros = micros(upload_started);
     shared.metrics.upload_time(upload_micros);
-    Ok(manifest.task_result(manifest_key.uri, upload_micros))
+    Ok(manifest.task_result(manifest_uri, upload_micros))
 }
 
 #[cfg(test)]

@@ -30,8 +30,10 @@ use crate::capacity::{self, Capacity};
 use crate::error::{Error, TaskError};
 use crate::leases::{key_of, lease_ref, LeaseKey, Leases, Revoked};
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::session::{self, Event, Session, Status, Working};
 use crate::slots::{Render, Slots, Stage};
+use crate::storage::Storage;
 use crate::store::{Remote, Store};
 use crate::task::{self, Assigned, Report, Shared};
 
@@ -43,9 +45,17 @@ pub struct Worker {
     opts: WorkerOptions,
     id: String,
     addresses: Vec<String>,
-    store: Store,
     capacity: Capacity,
-    renderer: Arc<dyn Render>,
+    edges: Edges,
+}
+
+/// Where a worker's tasks meet the outside world: the render, the stores, and (optionally) an
+/// observer of its session. [`Worker::new`] uses the render pipeline and the configured stores.
+#[derive(Clone)]
+pub struct Edges {
+    pub render: Arc<dyn Render>,
+    pub storage: Arc<dyn Storage>,
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 /// A worker id from the host name: the characters a `WorkerId` allows, or `worker`.
@@ -79,6 +89,15 @@ impl Worker {
     /// A worker rendering with `renderer` (tests use this to control timing and failures).
     pub fn with_renderer(opts: WorkerOptions, renderer: Arc<dyn Render>) -> Result<Self, Error> {
         opts.validate().map_err(|e| Error::Options(e.to_string()))?;
+        let store = Store::open(&opts.masters, &opts.derivatives, &Remote::from_options(&opts))?;
+        Self::with_edges(opts, Edges { render: renderer, storage: Arc::new(store), observer: None })
+    }
+
+    /// A worker whose tasks render and store through `edges`; `masters` and `derivatives` in the
+    /// options are not opened. The loadtest runs the real worker this way, with a render that
+    /// sleeps and a storage that moves no bytes.
+    pub fn with_edges(opts: WorkerOptions, edges: Edges) -> Result<Self, Error> {
+        opts.validate().map_err(|e| Error::Options(e.to_string()))?;
         let capacity = Capacity::detect(opts.slots);
         let id = match &opts.id {
             Some(id) => id.clone(),
@@ -86,8 +105,7 @@ impl Worker {
         };
         kiln_types::WorkerId::new(id.clone()).map_err(|e| Error::Options(e.to_string()))?;
         let addresses = session::addresses(&opts.schedulers)?;
-        let store = Store::open(&opts.masters, &opts.derivatives, &Remote::from_options(&opts))?;
-        Ok(Self { opts, id, addresses, store, capacity, renderer })
+        Ok(Self { opts, id, addresses, capacity, edges })
     }
 
     pub fn id(&self) -> &str {
@@ -101,7 +119,8 @@ impl Worker {
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let started = Instant::now();
-        let Worker { opts, id, addresses, store, capacity, renderer } = self;
+        let Worker { opts, id, addresses, capacity, edges } = self;
+        let Edges { render: renderer, storage, observer } = edges;
         let slots_n = capacity.slots;
         let target = slots_n.saturating_mul(1 + opts.prefetch);
         let metrics = Arc::new(Metrics::new(slots_n));
@@ -127,7 +146,7 @@ impl Worker {
 
         let slots = Slots::start(slots_n, opts.pin_cores, renderer.clone(), metrics.clone())?;
         let shared = Arc::new(Shared {
-            store,
+            store: storage,
             slots: slots.sender(),
             memory: MemoryBudget::new(master_memory),
             metrics: metrics.clone(),
@@ -167,6 +186,8 @@ impl Worker {
             drain: None,
             drain_grace: opts.drain_grace,
             cold_start: Some(started),
+            observer,
+            node_id: 0,
         };
         core.run(shutdown).await;
         let quiet = metrics.busy_slots() == 0;
@@ -220,6 +241,9 @@ struct Core {
     /// When the worker started, until its first lease: the cold-start figure operators watch
     /// when they scale out (logged once, `first lease`).
     cold_start: Option<Instant>,
+    observer: Option<Arc<dyn Observer>>,
+    /// The scheduler node of the current session (from its Welcome), for the observer.
+    node_id: u64,
 }
 
 impl Core {
@@ -323,11 +347,26 @@ impl Core {
 
     async fn on_event(&mut self, event: Event) {
         match event {
-            Event::Connected { .. } | Event::Disconnected { .. } => {}
-            Event::Assign(tasks) => self.on_assign(tasks).await,
+            Event::Connected { welcome, .. } => {
+                self.node_id = welcome.node_id;
+                if let Some(o) = &self.observer {
+                    o.connected(welcome.node_id);
+                }
+            }
+            Event::Disconnected { .. } => {}
+            Event::Assign(tasks) => {
+                if let Some(o) = &self.observer {
+                    o.assigned(self.node_id, &tasks);
+                }
+                self.on_assign(tasks).await
+            }
             Event::Revoke { leases, reason } => {
                 for lease in leases {
-                    match self.leases.revoke(key_of(&lease)) {
+                    let revoked = self.leases.revoke(key_of(&lease));
+                    if let Some(o) = &self.observer {
+                        o.revoked(lease, revoked == Revoked::Dropped);
+                    }
+                    match revoked {
                         Revoked::Dropped => {
                             self.metrics.revoked();
                             tracing::info!(task = lease.task_id, %reason, "lease revoked before its render started; dropped");
@@ -339,7 +378,12 @@ impl Core {
                     }
                 }
             }
-            Event::Acked { lease, .. } => self.leases.acked(lease),
+            Event::Acked { lease, accepted } => {
+                if let Some(o) = &self.observer {
+                    o.acked(lease_ref(lease), accepted);
+                }
+                self.leases.acked(lease)
+            }
         }
     }
 
