@@ -13,22 +13,27 @@
 //! - [`Handle`]: the cheap cloneable way in (propose, read).
 //! - `sessions`: worker streams and the dispatcher that leases to them.
 //! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes.
-//! - `http`: metrics and health.
+//! - `http`: metrics and health; `metrics`, `kpi`, `raft_metrics`: what `/metrics` serves.
+//! - `ui`: the dashboard at `/ui`.
 
 mod api;
 mod convert;
 mod handle;
 mod http;
 mod kpi;
+mod metrics;
 mod node;
 mod peer;
 pub mod raft_log;
 mod raft_logging;
+mod raft_metrics;
+mod reflection;
 mod sessions;
 #[cfg(test)]
 mod sim;
 mod status;
 mod transport;
+mod ui;
 
 use std::net::SocketAddr;
 
@@ -149,6 +154,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         opts.peers.iter().map(|p| (p.id, p.address.clone())).collect()
     };
 
+    let raft_metrics = std::sync::Arc::new(raft_metrics::RaftMetrics::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (requests_tx, requests_rx) = flume::unbounded();
     let node_config = node::NodeConfig {
@@ -165,6 +171,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         snapshot_every: opts.snapshot_every,
         clock: node::now_ms,
         randomized_election: true,
+        metrics: raft_metrics.clone(),
     };
     // Every node gets a real transport, even a one-member cluster: members can be added later.
     let transport: Box<dyn node::Transport> =
@@ -175,7 +182,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         .name(format!("kiln-raft-{}", opts.node_id))
         .spawn(move || node.run(requests_rx))
         .map_err(|e| Error::Start { dir: opts.data_dir.clone(), source: node::StartError::Thread(e) })?;
-    let handle = Handle::new(requests_tx);
+    let handle = Handle::new(requests_tx, raft_metrics);
 
     let hub =
         sessions::Hub::new(handle.clone(), opts.lease_ttl, opts.heartbeat_interval, opts.node_id, opts.work_stealing);
@@ -184,12 +191,10 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     tasks.spawn(hub.clone().run_events(events_rx));
     tasks.spawn(hub.clone().run_dispatcher());
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Reflection(e.to_string()))?;
+    let (reflection_v1, reflection_v1alpha) = reflection::services()?;
     let grpc = tonic::transport::Server::builder()
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(handle.clone(), hub.clone())))
         .add_service(v1::worker_session_server::WorkerSessionServer::new(sessions::SessionService::new(hub.clone())))
         .add_service(
