@@ -91,6 +91,15 @@ def render(directory):
 def check(variant, resources):
     for name, d in resources:
         kind = f'{d["apiVersion"]}/{d["kind"]}'
+        if d["kind"] == "PrometheusRule":
+            groups = d.get("spec", {}).get("groups") or []
+            rules = [r for g in groups for r in g.get("rules") or []]
+            if not groups or not all(g.get("name") for g in groups) or not rules:
+                problems.append(f"{variant} {name}: {kind} needs named groups with rules")
+            for r in rules:
+                if not r.get("expr") or not (r.get("alert") or r.get("record")):
+                    problems.append(f"{variant} {name}: {kind} rule {r} needs expr and alert or record")
+            continue
         if d["apiVersion"].startswith("monitoring.coreos.com/"):
             spec = d.get("spec", {})
             endpoints = spec.get("endpoints") or spec.get("podMetricsEndpoints")

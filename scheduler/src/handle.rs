@@ -1,30 +1,46 @@
 //! The cheap, cloneable way to talk to the node thread: propose a command, or read the ledger.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use kiln_ledger::{Command, Ledger, Outcome, Rejection};
 use tokio::sync::oneshot;
 
 use crate::node::{MemberChange, MembershipOutcome, NodeStatus, ProposeError, Request};
+use crate::raft_metrics::RaftMetrics;
 
 #[derive(Clone)]
 pub struct Handle {
     requests: flume::Sender<Request>,
+    metrics: Arc<RaftMetrics>,
 }
 
 impl Handle {
-    pub(crate) fn new(requests: flume::Sender<Request>) -> Self {
-        Self { requests }
+    pub(crate) fn new(requests: flume::Sender<Request>, metrics: Arc<RaftMetrics>) -> Self {
+        Self { requests, metrics }
+    }
+
+    /// The node's Raft latencies and leader changes, for `/metrics`.
+    pub(crate) fn raft_metrics(&self) -> &RaftMetrics {
+        &self.metrics
     }
 
     /// Replicates `cmd` and returns its outcome once it is committed, durable and applied.
     pub async fn propose(&self, cmd: Command) -> Result<Result<Outcome, Rejection>, ProposeError> {
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.requests.send_async(Request::Propose { cmd, reply }).await.map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
+        let outcome = rx.await.map_err(|_| ProposeError::Stopped)?;
+        if outcome.is_ok() {
+            self.metrics.proposed(started.elapsed());
+        }
+        outcome
     }
 
     /// Replicates several commands, handed to the node thread together, and returns each one's
     /// outcome in order. The commands may share a Raft entry with one another and with others.
     pub async fn propose_many(&self, cmds: Vec<Command>) -> Vec<Result<Result<Outcome, Rejection>, ProposeError>> {
+        let started = Instant::now();
         let (proposals, replies): (Vec<_>, Vec<_>) = cmds
             .into_iter()
             .map(|cmd| {
@@ -37,7 +53,11 @@ impl Handle {
         }
         let mut outcomes = Vec::with_capacity(replies.len());
         for rx in replies {
-            outcomes.push(rx.await.unwrap_or(Err(ProposeError::Stopped)));
+            let outcome = rx.await.unwrap_or(Err(ProposeError::Stopped));
+            if outcome.is_ok() {
+                self.metrics.proposed(started.elapsed());
+            }
+            outcomes.push(outcome);
         }
         outcomes
     }

@@ -15,7 +15,8 @@
 //!   tracked and drained on shutdown).
 //! - `convert`: every proto ⇄ ledger conversion.
 //! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes.
-//! - `http`: metrics and health.
+//! - `http`: metrics and health; `metrics`, `kpi`, `raft_metrics`: what `/metrics` serves.
+//! - `ui`: the dashboard at `/ui`.
 
 mod api;
 mod convert;
@@ -24,15 +25,19 @@ mod failure;
 mod handle;
 mod http;
 mod kpi;
+mod metrics;
 mod node;
 mod peer;
 pub mod raft_log;
 mod raft_logging;
+mod raft_metrics;
+mod reflection;
 mod sessions;
 #[cfg(test)]
 mod sim;
 mod status;
 mod transport;
+mod ui;
 
 use std::net::SocketAddr;
 
@@ -169,6 +174,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         opts.peers.iter().map(|p| (p.id, p.address.clone())).collect()
     };
 
+    let raft_metrics = std::sync::Arc::new(raft_metrics::RaftMetrics::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (requests_tx, requests_rx) = flume::unbounded();
     let node_config = node::NodeConfig {
@@ -185,6 +191,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         snapshot_every: opts.snapshot_every,
         clock: node::now_ms,
         randomized_election: true,
+        metrics: raft_metrics.clone(),
     };
     // Every node gets a real transport, even a one-member cluster: members can be added later.
     let transport: Box<dyn node::Transport> =
@@ -212,7 +219,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
             drop(keep_open);
         })
         .map_err(|e| Error::start(&opts.data_dir, node::StartError::Thread(e)))?;
-    let handle = Handle::new(requests_tx);
+    let handle = Handle::new(requests_tx, raft_metrics);
 
     let hub = sessions::Hub::new(
         handle.clone(),
@@ -227,12 +234,10 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Reflection(e.to_string()))?;
+    let (reflection_v1, reflection_v1alpha) = reflection::services()?;
     let grpc = tonic::transport::Server::builder()
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(handle.clone(), hub.clone())))
         .add_service(v1::worker_session_server::WorkerSessionServer::new(sessions::SessionService::new(hub.clone())))
         .add_service(

@@ -178,6 +178,7 @@ pub struct NodeConfig {
     /// raft-rs draws each election timeout from [election_ticks, 2 × election_ticks) with its own
     /// thread RNG; a deterministic simulation turns that off and gives nodes distinct timeouts.
     pub randomized_election: bool,
+    pub metrics: std::sync::Arc<crate::raft_metrics::RaftMetrics>,
 }
 
 /// Largest Raft entry the leader proposes (a batch above it is split). Well under the peer
@@ -752,7 +753,9 @@ impl Node {
         }
         // Durable before anything that acknowledges it leaves this node.
         if must_sync {
+            let started = Instant::now();
             store.sync()?;
+            self.config.metrics.synced(started.elapsed());
         }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
@@ -770,6 +773,7 @@ impl Node {
 
     fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
         let was_leader = self.role == StateRole::Leader;
+        self.config.metrics.leader_seen(self.leader_id, leader_id);
         self.leader_id = leader_id;
         self.role = role;
         if role == StateRole::Leader && !was_leader {

@@ -200,6 +200,7 @@ impl Sim {
             snapshot_every: 25,
             clock: sim_clock,
             randomized_election: false,
+            metrics: Default::default(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let node = Node::open(config, Box::new(Outbox(n.outbox.clone())), tx)
@@ -542,6 +543,7 @@ fn lone_leader(dir: &std::path::Path, batch_window: Duration) -> Node {
         snapshot_every: 1_000,
         clock: sim_clock,
         randomized_election: false,
+        metrics: Default::default(),
     };
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut node = Node::open(config, Box::new(Outbox(Arc::new(Mutex::new(Vec::new())))), tx)

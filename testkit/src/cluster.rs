@@ -15,6 +15,8 @@ pub struct Node {
     pub id: u64,
     /// gRPC address, e.g. `http://127.0.0.1:40123`.
     pub address: String,
+    /// HTTP (`/metrics`, `/healthz`, `/ui`) socket address, e.g. `127.0.0.1:40124`.
+    pub http: String,
     pub config: PathBuf,
     pub process: KilnProcess,
     args: Vec<String>,
@@ -91,7 +93,8 @@ impl TestCluster {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let process =
             KilnProcess::start(&format!("node-{id}"), &self.binary, &argv, &[("KILN_LOG", "info")], self.dir.path());
-        self.nodes.push(Node { id, address: format!("http://127.0.0.1:{grpc}"), config, process, args });
+        let (address, http) = (format!("http://127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
+        self.nodes.push(Node { id, address, http, config, process, args });
         let last = self.nodes.len() - 1;
         &mut self.nodes[last]
     }

@@ -35,5 +35,5 @@ async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], metrics.render_text())
+    ([("content-type", kiln_proto::metrics::CONTENT_TYPE)], metrics.render_text())
 }

@@ -1,79 +1,162 @@
-//! The worker's counters, gauges and histograms, and their Prometheus text form.
+//! The worker's counters, gauges and histograms, served on `/metrics` through
+//! `prometheus-client`.
 //!
-//! Plain atomics updated where things happen (slot threads, tasks, the session) and read at scrape
-//! time; no registry, no per-task labels. The only labels are the renderer name (the built-ins
-//! plus `other`) and the failure class.
+//! Updated where things happen (slot threads, tasks, the session) and read at scrape time; no
+//! per-task labels. The only labels are the renderer name (the built-ins plus `other`) and the
+//! failure class. Every series is named `kiln_worker_…`: the scheduler's are `kiln_scheduler_…`,
+//! so `sum(kiln_worker_slots)` is the fleet's slots whatever else is scraped. Rates are left to
+//! `rate()` in PromQL; nothing here is a per-minute figure.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use kiln_proto::metrics::{Histogram, RendererHistograms};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum Class {
+    permanent,
+    transient,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: Class,
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    slots: AtomicU64,
-    busy_slots: AtomicU64,
-    held: AtomicU64,
+    slots: Gauge,
+    busy_slots: Gauge,
+    held: Gauge,
     /// Leases not started yet (prefetched), as of the latest heartbeat.
-    buffered: AtomicU64,
-    completed: AtomicU64,
-    failed_permanent: AtomicU64,
-    failed_transient: AtomicU64,
-    released: AtomicU64,
-    revoked: AtomicU64,
-    bytes_fetched: AtomicU64,
-    bytes_uploaded: AtomicU64,
-    slot_busy_micros: AtomicU64,
-    sessions_opened: AtomicU64,
-    connected: AtomicBool,
-    draining: AtomicBool,
+    buffered: Gauge,
+    completed: Counter,
+    failed: Family<ClassLabel, Counter>,
+    released: Counter,
+    revoked: Counter,
+    bytes_fetched: Counter,
+    bytes_uploaded: Counter,
+    slot_busy_seconds: Counter<f64, AtomicU64>,
+    sessions_opened: Counter,
+    connected: Gauge,
+    draining: Gauge,
     /// Per renderer: how long each run took.
     render: RendererHistograms,
     /// Per task: reading the master, and writing its derivatives and manifest.
     fetch: Histogram,
     upload: Histogram,
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    registry: Registry,
 }
 
 impl Metrics {
     pub fn new(slots: usize) -> Self {
-        let m = Self::default();
-        m.slots.store(slots as u64, Relaxed);
+        let mut m = Self {
+            slots: Gauge::default(),
+            busy_slots: Gauge::default(),
+            held: Gauge::default(),
+            buffered: Gauge::default(),
+            completed: Counter::default(),
+            failed: Family::default(),
+            released: Counter::default(),
+            revoked: Counter::default(),
+            bytes_fetched: Counter::default(),
+            bytes_uploaded: Counter::default(),
+            slot_busy_seconds: Counter::default(),
+            sessions_opened: Counter::default(),
+            connected: Gauge::default(),
+            draining: Gauge::default(),
+            render: RendererHistograms::default(),
+            fetch: Histogram::default(),
+            upload: Histogram::default(),
+            registry: Registry::default(),
+        };
+        m.slots.set(i64::try_from(slots).unwrap_or(i64::MAX));
+        // Both classes exist from the start, at zero, so `rate()` sees the first failure.
+        for class in [Class::permanent, Class::transient] {
+            drop(m.failed.get_or_create(&ClassLabel { class }));
+        }
+        m.registry = m.build_registry();
         m
     }
 
+    fn build_registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register("kiln_worker_slots", "Render slots of this worker.", self.slots.clone());
+        r.register("kiln_worker_busy_slots", "Slots rendering right now.", self.busy_slots.clone());
+        r.register("kiln_worker_held_leases", "Leases held and not yet reported.", self.held.clone());
+        r.register(
+            "kiln_worker_prefetched_tasks",
+            "Leases held but not started (prefetch depth).",
+            self.buffered.clone(),
+        );
+        r.register("kiln_worker_tasks_completed", "Tasks rendered and reported as completed.", self.completed.clone());
+        r.register("kiln_worker_tasks_failed", "Tasks reported as failed, by class.", self.failed.clone());
+        r.register("kiln_worker_tasks_released", "Leases given back unstarted (drain).", self.released.clone());
+        r.register(
+            "kiln_worker_tasks_revoked",
+            "Unstarted tasks dropped on the scheduler's word.",
+            self.revoked.clone(),
+        );
+        r.register("kiln_worker_fetched_bytes", "Bytes of masters read.", self.bytes_fetched.clone());
+        r.register("kiln_worker_uploaded_bytes", "Bytes of derivatives written.", self.bytes_uploaded.clone());
+        r.register(
+            "kiln_worker_slot_busy_seconds",
+            "Time slots spent rendering; rate() over it divided by kiln_worker_slots is utilisation.",
+            self.slot_busy_seconds.clone(),
+        );
+        r.register("kiln_worker_sessions_opened", "Sessions opened with a scheduler.", self.sessions_opened.clone());
+        r.register("kiln_worker_connected", "1 while a session with the leader is open.", self.connected.clone());
+        r.register("kiln_worker_draining", "1 once the worker drains.", self.draining.clone());
+        self.render.register(
+            &mut r,
+            "kiln_worker_render_duration_seconds",
+            "Time of each renderer run, by renderer (built-ins, else other).",
+        );
+        self.fetch.register(&mut r, "kiln_worker_fetch_duration_seconds", "Time to read one task's master.");
+        self.upload.register(
+            &mut r,
+            "kiln_worker_upload_duration_seconds",
+            "Time to write one task's derivatives and manifest.",
+        );
+        kiln_proto::metrics::register_build_info(&mut r, "worker");
+        kiln_proto::metrics::register_process(&mut r);
+        r
+    }
+
     pub fn slot_started(&self) {
-        self.busy_slots.fetch_add(1, Relaxed);
+        self.busy_slots.inc();
     }
 
     pub fn slot_finished(&self, took: Duration) {
-        self.busy_slots.fetch_sub(1, Relaxed);
-        self.slot_busy_micros.fetch_add(micros(took), Relaxed);
+        self.busy_slots.dec();
+        self.slot_busy_seconds.inc_by(took.as_secs_f64());
     }
 
     pub fn busy_slots(&self) -> u32 {
-        u32::try_from(self.busy_slots.load(Relaxed)).unwrap_or(u32::MAX)
+        u32::try_from(self.busy_slots.get()).unwrap_or(0)
     }
 
     pub fn set_held(&self, n: usize) {
-        self.held.store(n as u64, Relaxed);
+        self.held.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn set_buffered(&self, n: usize) {
-        self.buffered.store(n as u64, Relaxed);
+        self.buffered.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn fetched(&self, bytes: usize, micros: u64) {
-        self.bytes_fetched.fetch_add(bytes as u64, Relaxed);
+        self.bytes_fetched.inc_by(bytes as u64);
         self.fetch.observe_micros(micros);
     }
 
     pub fn uploaded(&self, bytes: usize) {
-        self.bytes_uploaded.fetch_add(bytes as u64, Relaxed);
+        self.bytes_uploaded.inc_by(bytes as u64);
     }
 
     pub fn upload_time(&self, micros: u64) {
@@ -81,158 +164,48 @@ impl Metrics {
     }
 
     pub fn rendered(&self, renderer: &str, micros: u64) {
-        self.render.get(renderer).observe_micros(micros);
+        self.render.observe_micros(renderer, micros);
     }
 
     pub fn completed(&self) {
-        self.completed.fetch_add(1, Relaxed);
+        self.completed.inc();
     }
 
     pub fn failed(&self, permanent: bool) {
-        if permanent { &self.failed_permanent } else { &self.failed_transient }.fetch_add(1, Relaxed);
+        let class = if permanent { Class::permanent } else { Class::transient };
+        self.failed.get_or_create(&ClassLabel { class }).inc();
     }
 
     pub fn released(&self, n: usize) {
-        self.released.fetch_add(n as u64, Relaxed);
+        self.released.inc_by(n as u64);
     }
 
     pub fn revoked(&self) {
-        self.revoked.fetch_add(1, Relaxed);
+        self.revoked.inc();
     }
 
     pub fn set_connected(&self, connected: bool) {
         if connected {
-            self.sessions_opened.fetch_add(1, Relaxed);
+            self.sessions_opened.inc();
         }
-        self.connected.store(connected, Relaxed);
+        self.connected.set(i64::from(connected));
     }
 
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Relaxed)
+        self.connected.get() == 1
     }
 
     pub fn set_draining(&self) {
-        self.draining.store(true, Relaxed);
+        self.draining.set(1);
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Relaxed)
+        self.draining.get() == 1
     }
 
-    /// Prometheus text exposition format, version 0.0.4.
+    /// The OpenMetrics text of every series ([`kiln_proto::metrics::CONTENT_TYPE`]).
     pub fn render_text(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-        let g = |a: &AtomicU64| a.load(Relaxed) as f64;
-        let secs = |a: &AtomicU64| a.load(Relaxed) as f64 / 1e6;
-        family("kiln_worker_slots", "gauge", "Render slots of this worker.", &[("", g(&self.slots))]);
-        family("kiln_worker_busy_slots", "gauge", "Slots rendering right now.", &[("", g(&self.busy_slots))]);
-        family("kiln_worker_held_leases", "gauge", "Leases held and not yet reported.", &[("", g(&self.held))]);
-        family(
-            "kiln_worker_prefetched_tasks",
-            "gauge",
-            "Leases held but not started (prefetch depth).",
-            &[("", g(&self.buffered))],
-        );
-        family(
-            "kiln_worker_tasks_completed_total",
-            "counter",
-            "Tasks rendered and reported as completed.",
-            &[("", g(&self.completed))],
-        );
-        family(
-            "kiln_worker_tasks_failed_total",
-            "counter",
-            "Tasks reported as failed, by class.",
-            &[
-                ("{class=\"permanent\"}", g(&self.failed_permanent)),
-                ("{class=\"transient\"}", g(&self.failed_transient)),
-            ],
-        );
-        family(
-            "kiln_worker_tasks_released_total",
-            "counter",
-            "Leases given back unstarted (drain).",
-            &[("", g(&self.released))],
-        );
-        family(
-            "kiln_worker_tasks_revoked_total",
-            "counter",
-            "Unstarted tasks dropped on the scheduler's word.",
-            &[("", g(&self.revoked))],
-        );
-        family("kiln_worker_fetched_bytes_total", "counter", "Bytes of masters read.", &[("", g(&self.bytes_fetched))]);
-        family(
-            "kiln_worker_uploaded_bytes_total",
-            "counter",
-            "Bytes of derivatives written.",
-            &[("", g(&self.bytes_uploaded))],
-        );
-        family(
-            "kiln_worker_fetch_seconds_total",
-            "counter",
-            "Time spent reading masters.",
-            &[("", self.fetch.sum_secs())],
-        );
-        family(
-            "kiln_worker_upload_seconds_total",
-            "counter",
-            "Time spent writing derivatives.",
-            &[("", self.upload.sum_secs())],
-        );
-        family(
-            "kiln_worker_slot_busy_seconds_total",
-            "counter",
-            "Time slots spent rendering.",
-            &[("", secs(&self.slot_busy_micros))],
-        );
-        family(
-            "kiln_worker_sessions_opened_total",
-            "counter",
-            "Sessions opened with a scheduler.",
-            &[("", g(&self.sessions_opened))],
-        );
-        family(
-            "kiln_worker_connected",
-            "gauge",
-            "1 while a session is open.",
-            &[("", f64::from(u8::from(self.connected.load(Relaxed))))],
-        );
-        family(
-            "kiln_worker_draining",
-            "gauge",
-            "1 once the worker drains.",
-            &[("", f64::from(u8::from(self.draining.load(Relaxed))))],
-        );
-        let ran: Vec<(String, f64, f64)> = self
-            .render
-            .iter()
-            .filter(|(_, h)| h.count() > 0)
-            .map(|(r, h)| (format!("{{renderer=\"{r}\"}}"), h.count() as f64, h.sum_secs()))
-            .collect();
-        let runs: Vec<(&str, f64)> = ran.iter().map(|(l, n, _)| (l.as_str(), *n)).collect();
-        let time: Vec<(&str, f64)> = ran.iter().map(|(l, _, t)| (l.as_str(), *t)).collect();
-        family("kiln_worker_renders_total", "counter", "Renderer runs, by renderer.", &runs);
-        family("kiln_worker_render_seconds_total", "counter", "Time spent per renderer.", &time);
-        let mut histogram = |name: &str, help: &str, write: &dyn Fn(&mut String)| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            write(&mut out);
-        };
-        histogram("kiln_worker_render_duration_seconds", "Time of each renderer run, by renderer.", &|o| {
-            self.render.write(o, "kiln_worker_render_duration_seconds")
-        });
-        histogram("kiln_worker_fetch_duration_seconds", "Time to read one task's master.", &|o| {
-            self.fetch.write(o, "kiln_worker_fetch_duration_seconds", "")
-        });
-        histogram("kiln_worker_upload_duration_seconds", "Time to write one task's derivatives and manifest.", &|o| {
-            self.upload.write(o, "kiln_worker_upload_duration_seconds", "")
-        });
-        out
+        kiln_proto::metrics::encode(&self.registry)
     }
 }
 
@@ -248,26 +221,36 @@ mod tests {
         m.fetched(1000, 2_000_000);
         m.rendered("loudness", 1_500_000);
         m.rendered("loudness", 500_000);
+        m.slot_started();
+        m.slot_finished(Duration::from_millis(1500));
         let text = m.render_text();
         for line in [
             "kiln_worker_slots 4",
+            "kiln_worker_busy_slots 0",
             "kiln_worker_tasks_completed_total 1",
             "kiln_worker_tasks_failed_total{class=\"permanent\"} 1",
+            "kiln_worker_tasks_failed_total{class=\"transient\"} 0",
             "kiln_worker_fetched_bytes_total 1000",
-            "kiln_worker_fetch_seconds_total 2",
-            "kiln_worker_renders_total{renderer=\"loudness\"} 2",
-            "kiln_worker_render_seconds_total{renderer=\"loudness\"} 2",
+            "kiln_worker_slot_busy_seconds_total 1.5",
             "# TYPE kiln_worker_busy_slots gauge",
             "# TYPE kiln_worker_render_duration_seconds histogram",
-            "kiln_worker_render_duration_seconds_bucket{renderer=\"loudness\",le=\"0.5\"} 1",
-            "kiln_worker_render_duration_seconds_bucket{renderer=\"loudness\",le=\"2.5\"} 2",
+            "kiln_worker_render_duration_seconds_bucket{le=\"0.5\",renderer=\"loudness\"} 1",
+            "kiln_worker_render_duration_seconds_bucket{le=\"2.5\",renderer=\"loudness\"} 2",
             "kiln_worker_render_duration_seconds_count{renderer=\"loudness\"} 2",
+            "kiln_worker_render_duration_seconds_sum{renderer=\"loudness\"} 2.0",
             "kiln_worker_render_duration_seconds_count{renderer=\"bpm\"} 0",
             "kiln_worker_fetch_duration_seconds_bucket{le=\"2.5\"} 1",
-            "kiln_worker_fetch_duration_seconds_bucket{le=\"1\"} 0",
+            "kiln_worker_fetch_duration_seconds_bucket{le=\"1.0\"} 0",
             "kiln_worker_upload_duration_seconds_count 0",
+            "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        assert!(
+            text.lines().any(|l| l.starts_with("kiln_build_info{") && l.contains("component=\"worker\"")),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{text}");
+        assert!(!text.contains("kiln_scheduler_"), "a worker exports only its own names");
     }
 }

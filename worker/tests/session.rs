@@ -439,7 +439,7 @@ async fn metrics_and_health_are_served() {
     assert!(health.starts_with("HTTP/1.1 200") && health.contains("connected"), "{health}");
     let metrics = get("/metrics").await;
     assert!(metrics.contains("kiln_worker_tasks_completed_total 1"), "{metrics}");
-    assert!(metrics.contains("kiln_worker_renders_total{renderer=\"loudness\"} 1"), "{metrics}");
+    assert!(metrics.contains("kiln_worker_render_duration_seconds_count{renderer=\"loudness\"} 1"), "{metrics}");
     running.finish().await;
     h.shutdown().await;
 }
@@ -517,7 +517,7 @@ async fn an_idle_worker_steals_the_unstarted_tasks_of_a_busy_one() {
     assert_eq!(slow_calls.calls.load(Ordering::SeqCst), 1);
     assert_eq!(fast_calls.calls.load(Ordering::SeqCst), 3);
     let metrics = http_get(h.scheduler.as_ref().expect("scheduler").http_addr(), "/metrics").await;
-    assert!(metrics.lines().any(|l| l == "kiln_steals_total 3"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "kiln_scheduler_steals_total 3"), "{metrics}");
     victim.finish().await;
     thief.finish().await;
     h.shutdown().await;
@@ -614,42 +614,40 @@ async fn scheduler_and_worker_kpis_move_as_tasks_complete() {
     assert!(alive.starts_with("HTTP/1.1 200") && alive.contains("alive: node 1"), "{alive}");
 
     let before = http_get(sched_http, "/metrics").await;
-    assert_eq!(sample(&before, "kiln_tasks_finished_total{state=\"succeeded\"}"), 0.0);
-    assert_eq!(sample(&before, "kiln_render_seconds_count{renderer=\"loudness\"}"), 0.0);
-    assert_eq!(sample(&before, "kiln_lease_wait_seconds_count"), 0.0);
+    assert_eq!(sample(&before, "kiln_scheduler_tasks_finished_total{state=\"succeeded\"}"), 0.0);
+    assert_eq!(sample(&before, "kiln_scheduler_render_seconds_count{renderer=\"loudness\"}"), 0.0);
+    assert_eq!(sample(&before, "kiln_scheduler_lease_wait_seconds_count"), 0.0);
 
     // Submitted before the worker connects, so the queue is observably deep in between.
     let jobs: Vec<(&str, &[&str])> =
         ["a.wav", "b.wav", "c.wav", "bad.wav"].iter().map(|n| (*n, &["loudness", "waveform"][..])).collect();
     let ids = h.submit(&jobs).await;
     let mid = http_get(sched_http, "/metrics").await;
-    assert_eq!(sample(&mid, "kiln_tasks_submitted_total"), 4.0);
-    assert_eq!(sample(&mid, "kiln_queue_depth{queue=\"default\",state=\"ready\"}"), 4.0);
+    assert_eq!(sample(&mid, "kiln_scheduler_tasks_submitted_total"), 4.0);
+    assert_eq!(sample(&mid, "kiln_scheduler_queue_tasks{queue=\"default\",state=\"ready\"}"), 4.0);
 
     let running = spawn(Worker::new(opts).expect("worker"));
     h.wait_terminal(&ids).await;
 
     let after = http_get(sched_http, "/metrics").await;
-    assert_eq!(sample(&after, "kiln_tasks_finished_total{state=\"succeeded\"}"), 3.0);
-    assert_eq!(sample(&after, "kiln_tasks_finished_total{state=\"dead_lettered\"}"), 1.0);
-    assert_eq!(sample(&after, "kiln_task_attempts_failed_total"), 1.0);
-    assert_eq!(sample(&after, "kiln_completions_per_minute"), 3.0);
-    assert_eq!(sample(&after, "kiln_render_seconds_count{renderer=\"loudness\"}"), 3.0);
-    assert_eq!(sample(&after, "kiln_render_seconds_count{renderer=\"waveform\"}"), 3.0);
-    assert_eq!(sample(&after, "kiln_lease_wait_seconds_count"), 4.0);
-    assert_eq!(sample(&after, "kiln_lease_wait_seconds_bucket{le=\"+Inf\"}"), 4.0);
-    assert!(sample(&after, "kiln_uploaded_bytes_total") > 0.0);
-    assert_eq!(sample(&after, "kiln_workers_connected"), 1.0);
-    assert_eq!(sample(&after, "kiln_tasks{state=\"leased\"}"), 0.0);
+    assert_eq!(sample(&after, "kiln_scheduler_tasks_finished_total{state=\"succeeded\"}"), 3.0);
+    assert_eq!(sample(&after, "kiln_scheduler_tasks_finished_total{state=\"dead_lettered\"}"), 1.0);
+    assert_eq!(sample(&after, "kiln_scheduler_task_attempts_failed_total"), 1.0);
+    assert_eq!(sample(&after, "kiln_scheduler_render_seconds_count{renderer=\"loudness\"}"), 3.0);
+    assert_eq!(sample(&after, "kiln_scheduler_render_seconds_count{renderer=\"waveform\"}"), 3.0);
+    assert_eq!(sample(&after, "kiln_scheduler_lease_wait_seconds_count"), 4.0);
+    assert_eq!(sample(&after, "kiln_scheduler_lease_wait_seconds_bucket{le=\"+Inf\"}"), 4.0);
+    assert!(sample(&after, "kiln_scheduler_uploaded_bytes_total") > 0.0);
+    assert_eq!(sample(&after, "kiln_scheduler_workers_connected"), 1.0);
+    assert_eq!(sample(&after, "kiln_scheduler_tasks{state=\"leased\"}"), 0.0);
 
     let w = http_get(worker_http, "/metrics").await;
     assert_eq!(sample(&w, "kiln_worker_tasks_completed_total"), 3.0);
     assert_eq!(sample(&w, "kiln_worker_tasks_failed_total{class=\"permanent\"}"), 1.0);
     assert!(sample(&w, "kiln_worker_fetched_bytes_total") > 0.0);
     assert!(sample(&w, "kiln_worker_uploaded_bytes_total") > 0.0);
-    assert_eq!(sample(&w, "kiln_worker_renders_total{renderer=\"waveform\"}"), 3.0);
     assert_eq!(sample(&w, "kiln_worker_render_duration_seconds_count{renderer=\"waveform\"}"), 3.0);
-    assert_eq!(sample(&w, "kiln_worker_render_duration_seconds_bucket{renderer=\"waveform\",le=\"+Inf\"}"), 3.0);
+    assert_eq!(sample(&w, "kiln_worker_render_duration_seconds_bucket{le=\"+Inf\",renderer=\"waveform\"}"), 3.0);
     assert!(sample(&w, "kiln_worker_fetch_duration_seconds_count") >= 3.0);
     assert_eq!(sample(&w, "kiln_worker_upload_duration_seconds_count"), 3.0);
 
