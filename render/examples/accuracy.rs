@@ -9,6 +9,11 @@
 //! key exact and the MIREX weighted key score. With `--out DIR` it also writes every track as a
 //! 16-bit WAV plus `annotations.csv` and `kiln.csv`, so `scripts/accuracy_peers.py` can run
 //! Essentia and librosa on the very same files.
+//!
+//! With `--wavs DIR` it instead analyses the WAVs listed in `DIR/annotations.csv` (first column
+//! `file`, the WAVs under `DIR/wav/`) and writes `DIR/kiln.csv` with Kiln's tempo, key and their
+//! confidences, the input of `scripts/eval/evaluate.py score`. It prints no score: the annotations
+//! are read by the scoring script only, so a frozen test part is never looked at file by file here.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -24,10 +29,13 @@ struct Args {
     out: Option<PathBuf>,
     verbose: bool,
     only: Option<usize>,
+    wavs: Option<PathBuf>,
+    features: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { n: 120, seed: 2026, seconds: 60.0, out: None, verbose: false, only: None };
+    let mut a =
+        Args { n: 120, seed: 2026, seconds: 60.0, out: None, verbose: false, only: None, wavs: None, features: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -37,6 +45,8 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--out" => a.out = Some(PathBuf::from(value()?)),
             "--verbose" => a.verbose = true,
+            "--features" => a.features = true,
+            "--wavs" => a.wavs = Some(PathBuf::from(value()?)),
             "--only" => a.only = Some(value()?.parse().map_err(|e| format!("--only: {e}"))?),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -62,8 +72,80 @@ pub fn mirex(reference: Key, estimate: Key) -> f64 {
     }
 }
 
+/// Kiln's answers for every WAV a set's `annotations.csv` lists, written to `kiln.csv` beside it.
+///
+/// With `features`, also what the key and tempo models are fitted on (`scripts/eval/fit_*.py`):
+/// `features.csv` (the treble and bass chroma) and `levels.csv` (every candidate metrical level and
+/// its evidence).
+fn analyse_set(dir: &std::path::Path, features: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let listing = std::fs::read_to_string(dir.join("annotations.csv"))?;
+    let files: Vec<&str> =
+        listing.lines().skip(1).filter_map(|l| l.split(',').next()).filter(|f| !f.is_empty()).collect();
+    let mut out = String::from("file,bpm,key,bpm_confidence,key_confidence,tuning_hz\n");
+    let mut chroma_csv = String::from("file");
+    for register in ["t", "b", "o", "s"] {
+        for pc in 0..12 {
+            write!(chroma_csv, ",{register}{pc}")?;
+        }
+    }
+    chroma_csv.push('\n');
+    let mut levels_csv = format!("file,bpm,{}\n", measure::LEVEL_FEATURE_NAMES.join(","));
+    let (mut analysis_secs, mut audio_secs) = (0.0f64, 0.0f64);
+    for file in files {
+        let bytes = std::fs::read(dir.join("wav").join(file))?;
+        let audio = kiln_render::decode(&bytes, Some("wav"), &kiln_render::DecodeLimits::default())?;
+        let started = Instant::now();
+        let analysis = measure::Analysis::new(&audio);
+        let tempo = measure::tempo(&analysis).ok();
+        let key = measure::key(&analysis).ok();
+        analysis_secs += started.elapsed().as_secs_f64();
+        audio_secs += audio.duration_secs();
+        if features {
+            if let Some(c) = measure::chroma(&analysis) {
+                let opening = measure::opening(&c.bass_frames);
+                let values: Vec<String> = c
+                    .treble
+                    .iter()
+                    .chain(&c.bass)
+                    .chain(&c.overtone)
+                    .chain(&opening)
+                    .map(|v| format!("{v:.4}"))
+                    .collect();
+                writeln!(chroma_csv, "{file},{}", values.join(","))?;
+            }
+            for (bpm, evidence) in measure::tempo_levels(&analysis).unwrap_or_default() {
+                let values: Vec<String> = evidence.features().iter().map(|v| format!("{v:.5}")).collect();
+                writeln!(levels_csv, "{file},{bpm:.3},{}", values.join(","))?;
+            }
+        }
+        writeln!(
+            out,
+            "{file},{},{},{},{},{}",
+            tempo.as_ref().map_or(String::new(), |t| format!("{:.2}", t.bpm)),
+            key.as_ref().map_or(String::new(), |k| k.name()),
+            tempo.as_ref().map_or(String::new(), |t| format!("{:.3}", t.confidence)),
+            key.as_ref().map_or(String::new(), |k| format!("{:.3}", k.confidence)),
+            key.as_ref().map_or(String::new(), |k| format!("{:.2}", k.tuning_hz)),
+        )?;
+    }
+    std::fs::write(dir.join("kiln.csv"), out)?;
+    if features {
+        std::fs::write(dir.join("features.csv"), chroma_csv)?;
+        std::fs::write(dir.join("levels.csv"), levels_csv)?;
+    }
+    println!(
+        "analysis CPU: {:.3} s per minute of audio ({:.1} min; Analysis::new + tempo + key, wall clock, 1 thread)",
+        analysis_secs / (audio_secs / 60.0).max(1e-9),
+        audio_secs / 60.0
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
+    if let Some(dir) = &args.wavs {
+        return analyse_set(dir, args.features);
+    }
     let specs = synth::annotated_set(args.n, args.seed, args.seconds);
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;

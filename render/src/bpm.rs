@@ -41,6 +41,7 @@ use realfft::RealFftPlanner;
 use serde_json::json;
 
 use crate::analysis::{Analysis, BANDS};
+use crate::meter;
 use crate::{Error, Rendered};
 
 /// Centre of the tempo prior (BPM).
@@ -55,16 +56,6 @@ pub const MAX_BPM: f64 = 230.0;
 const BAND_WEIGHTS: [f32; BANDS] = [1.0, 0.6, 0.8, 0.3];
 /// Snare band used for the backbeat.
 const SNARE_BAND: usize = 2;
-/// Weight of the comb salience (relative to the best peak's) in the metrical-level score.
-const SALIENCE_WEIGHT: f64 = 1.5;
-/// Weight of the backbeat evidence in the metrical-level score.
-const BACKBEAT_WEIGHT: f64 = 2.0;
-/// Score penalty of the 2/3 and 3/2 metrical levels.
-const TERNARY_PENALTY: f64 = 0.3;
-/// Weight of a beat that divides in three rather than two (relative to the best peak's salience).
-/// The smallest weight that removes the ⅔ errors measured in docs/accuracy.md and
-/// docs/real-music.md; 2 halved four swung songs of the OpenMSX set, whose beat divides in three.
-const TERNARY_SUBDIVISION_WEIGHT: f64 = 1.0;
 /// Shortest input with a meaningful tempo (seconds).
 const MIN_SECONDS: f64 = 4.0;
 
@@ -114,64 +105,18 @@ pub fn estimate(signal: &Analysis) -> Result<Tempo, Error> {
             frames as f64 / fps
         )));
     }
-    let bands = normalised_bands(&signal.flux, fps);
-    let novelty: Vec<f32> = (0..frames).map(|t| (0..BANDS).map(|b| BAND_WEIGHTS[b] * bands[b][t]).sum()).collect();
-    if novelty.iter().all(|&v| v <= 0.0) {
+    let o = Onsets::new(signal);
+    if o.novelty.iter().all(|&v| v <= 0.0) {
         return Err(unsupported("no onsets: the audio has no rhythm to measure".into()));
     }
-    let max_lag = (4.0 * 60.0 / MIN_BPM * fps).ceil() as usize + 2;
-    let mut acf = Autocorrelation::new(frames);
-    let a_all = acf.compute(&novelty, max_lag);
-    // Snares and claps are broadband noise: onsets present in both the snare and the hat band at
-    // once (geometric mean). Tonal onsets (arps, stabs, chord changes) are mostly in one.
-    let snare: Vec<f32> = bands[SNARE_BAND].iter().zip(&bands[SNARE_BAND + 1]).map(|(a, b)| (a * b).sqrt()).collect();
-    let a_snare = acf.compute(&snare, max_lag);
-    // A backbeat is a *second instrument* returning every two beats. When the snare band only
-    // echoes the kick (the click of a kick drum, a click track), its "every two half-beats"
-    // pattern is the kick's own pulse and must not double the tempo: weigh the backbeat by how
-    // little the snare band's onsets coincide with the kick's.
-    let distinct = 1.0 - correlation(&snare, &bands[0]).clamp(0.0, 1.0);
+    let coarse = o.comb_peak();
 
-    // Coarse comb salience on a 0.25 BPM grid, weighted by the prior; its best peak.
-    let salience = |bpm: f64| comb(&a_all, 60.0 * fps / bpm);
-    let mut best = (0.0f64, f64::MIN);
-    let mut bpm = MIN_BPM;
-    while bpm <= MAX_BPM {
-        let s = salience(bpm).max(0.0) * prior(bpm);
-        if s > best.1 {
-            best = (bpm, s);
-        }
-        bpm += 0.25;
-    }
-    let coarse = best.0;
-
-    // Metrical level among ½, 1 and 2 times the comb peak.
-    let s_max = salience(coarse).max(1e-6);
-    let level_score = |bpm: f64| {
-        let lag = 60.0 * fps / bpm;
-        let mut backbeat = distinct * two_beat_accent(&a_snare, lag);
-        // No backbeat credit where the onsets do not repeat at the beat itself (see module docs).
-        if at(&a_all, lag) <= 0.0 {
-            backbeat = backbeat.min(0.0);
-        }
-        let ternary = (at(&a_all, lag / 3.0) - at(&a_all, lag / 2.0)).max(0.0);
-        prior(bpm).ln() + SALIENCE_WEIGHT * salience(bpm).max(0.0) / s_max + BACKBEAT_WEIGHT * backbeat
-            - TERNARY_SUBDIVISION_WEIGHT * ternary / s_max
-    };
-    // Ternary levels (a dotted-quarter pulse read as the beat) pay a penalty: they are rarer.
-    let mut levels: Vec<(f64, f64)> =
-        [(0.5, 0.0), (2.0 / 3.0, TERNARY_PENALTY), (1.0, 0.0), (1.5, TERNARY_PENALTY), (2.0, 0.0)]
-            .iter()
-            .map(|&(m, penalty)| (coarse * m, penalty))
-            .filter(|(b, _)| (MIN_BPM..=MAX_BPM).contains(b))
-            .map(|(b, penalty)| (b, level_score(b) - penalty))
-            .collect();
-    levels.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let (chosen, margin) = match levels.as_slice() {
-        [first, second, ..] => (first.0, first.1 - second.1),
-        [only] => (only.0, 1.0),
-        [] => (coarse, 0.0),
-    };
+    // Metrical level among ½, ⅔, 1, 3⁄2 and 2 times the comb peak (see `meter`).
+    let levels = o.level_candidates(coarse);
+    let scores: Vec<f64> = levels.iter().map(|(_, e)| e.score()).collect();
+    let chosen = levels.iter().zip(&scores).max_by(|a, b| a.1.total_cmp(b.1)).map_or(coarse, |((bpm, _), _)| *bpm);
+    let level_probability = meter::winner_probability(&scores);
+    let novelty = o.novelty;
 
     // Whole-track beat-grid fit around the chosen level.
     let mean = novelty.iter().sum::<f32>() / frames as f32;
@@ -199,9 +144,101 @@ pub fn estimate(signal: &Analysis) -> Result<Tempo, Error> {
 
     let total: f64 = centred.iter().map(|v| f64::from(v.abs())).sum::<f64>().max(1e-9);
     let periodicity = (2.0 * fundamental.norm() / total).clamp(0.0, 1.0);
-    let decisiveness = 1.0 - (-2.0 * margin.max(0.0)).exp();
-    let confidence = (periodicity.sqrt() * (0.5 + 0.5 * decisiveness)).clamp(0.0, 1.0);
+    let confidence = (periodicity.sqrt() * level_probability).clamp(0.0, 1.0);
     Ok(Tempo { bpm: best_bpm, confidence, first_beat_secs })
+}
+
+/// The onset novelty and the autocorrelations a metrical level is judged by.
+struct Onsets {
+    novelty: Vec<f32>,
+    all: Vec<f32>,
+    snare: Vec<f32>,
+    /// Kick and bass bands: where a bass line's beat is.
+    low: Vec<f32>,
+    /// How little the snare band coincides with the kick (0..1).
+    distinct: f64,
+    fps: f64,
+}
+
+impl Onsets {
+    fn new(signal: &Analysis) -> Self {
+        let fps = signal.frame_rate();
+        let frames = signal.flux.len();
+        let bands = normalised_bands(&signal.flux, fps);
+        let novelty: Vec<f32> = (0..frames).map(|t| (0..BANDS).map(|b| BAND_WEIGHTS[b] * bands[b][t]).sum()).collect();
+        let max_lag = (4.0 * 60.0 / MIN_BPM * fps).ceil() as usize + 2;
+        let mut acf = Autocorrelation::new(frames);
+        let all = acf.compute(&novelty, max_lag);
+        // Snares and claps are broadband noise: onsets present in both the snare and the hat band at
+        // once (geometric mean). Tonal onsets (arps, stabs, chord changes) are mostly in one.
+        let snare_onsets: Vec<f32> =
+            bands[SNARE_BAND].iter().zip(&bands[SNARE_BAND + 1]).map(|(a, b)| (a * b).sqrt()).collect();
+        let snare = acf.compute(&snare_onsets, max_lag);
+        // A backbeat is a *second instrument* returning every two beats. When the snare band only
+        // echoes the kick (the click of a kick drum, a click track), its "every two half-beats"
+        // pattern is the kick's own pulse and must not double the tempo: weigh the backbeat by how
+        // little the snare band's onsets coincide with the kick's.
+        let distinct = 1.0 - correlation(&snare_onsets, &bands[0]).clamp(0.0, 1.0);
+        let low_onsets: Vec<f32> = bands[0].iter().zip(&bands[1]).map(|(a, b)| a + b).collect();
+        let low = acf.compute(&low_onsets, max_lag);
+        Self { novelty, all, snare, low, distinct, fps }
+    }
+
+    fn salience(&self, bpm: f64) -> f64 {
+        comb(&self.all, 60.0 * self.fps / bpm).max(0.0)
+    }
+
+    /// The best comb-salience peak under the tempo prior, on a 0.25 BPM grid.
+    fn comb_peak(&self) -> f64 {
+        let mut best = (MIN_BPM, f64::MIN);
+        let mut bpm = MIN_BPM;
+        while bpm <= MAX_BPM {
+            let s = self.salience(bpm) * prior(bpm);
+            if s > best.1 {
+                best = (bpm, s);
+            }
+            bpm += 0.25;
+        }
+        best.0
+    }
+
+    /// The candidate levels around the comb peak `coarse` within the searched range, with their evidence.
+    fn level_candidates(&self, coarse: f64) -> Vec<(f64, meter::Evidence)> {
+        let s_max = self.salience(coarse).max(1e-6);
+        [(0.5, false), (2.0 / 3.0, true), (1.0, false), (1.5, true), (2.0, false)]
+            .iter()
+            .map(|&(m, ternary_level)| (coarse * m, ternary_level))
+            .filter(|(b, _)| (MIN_BPM..=MAX_BPM).contains(b))
+            .map(|(bpm, ternary_level)| {
+                let lag = 60.0 * self.fps / bpm;
+                let mut backbeat = self.distinct * two_beat_accent(&self.snare, lag);
+                // No backbeat credit where the onsets do not repeat at the beat itself (module docs).
+                if at(&self.all, lag) <= 0.0 {
+                    backbeat = backbeat.min(0.0);
+                }
+                let evidence = meter::Evidence {
+                    log2_tempo: (bpm / PRIOR_CENTRE_BPM).log2(),
+                    salience: self.salience(bpm) / s_max,
+                    backbeat,
+                    ternary: (at(&self.all, lag / 3.0) - at(&self.all, lag / 2.0)).max(0.0) / s_max,
+                    ternary_level: if ternary_level { 1.0 } else { 0.0 },
+                    bass_on: at(&self.low, lag),
+                    bass_between: at(&self.low, lag / 2.0),
+                };
+                (bpm, evidence)
+            })
+            .collect()
+    }
+}
+
+/// The candidate metrical levels of a track and their evidence: for the accuracy tool, which
+/// fits `meter::WEIGHTS` on annotated sets.
+pub fn levels(signal: &Analysis) -> Result<Vec<(f64, meter::Evidence)>, Error> {
+    if (signal.flux.len() as f64) < MIN_SECONDS * signal.frame_rate() {
+        return Err(unsupported("too short for a tempo".into()));
+    }
+    let o = Onsets::new(signal);
+    Ok(o.level_candidates(o.comb_peak()))
 }
 
 fn unsupported(reason: String) -> Error {

@@ -20,10 +20,12 @@ mod analysis;
 mod artwork;
 mod audio;
 mod bpm;
+mod chroma;
 mod decode;
 mod error;
 mod key;
 mod loudness;
+mod meter;
 mod pipeline;
 #[cfg(feature = "synth")]
 pub mod synth;

@@ -667,6 +667,8 @@ mod tests {
 /// (the pipeline calls them through `bpm::render` and `key::render`).
 pub mod measure {
     pub use crate::analysis::Analysis;
-    pub use crate::bpm::{estimate as tempo, Tempo};
+    pub use crate::bpm::{estimate as tempo, levels as tempo_levels, Tempo};
+    pub use crate::chroma::{chroma, opening, Chroma};
     pub use crate::key::{estimate as key, KeyEstimate};
+    pub use crate::meter::{Evidence, FEATURES as LEVEL_FEATURES, FEATURE_NAMES as LEVEL_FEATURE_NAMES};
 }

@@ -2,6 +2,9 @@
 //!
 //! Files are analysed in parallel, one per core. CSV (the default) starts with a header whose first
 //! columns are `file,bpm,key`, so it drops into the spreadsheets DJ stores already keep.
+//! `key_confidence` is a calibrated probability that the key is right, and `bpm_confidence` grows with
+//! how periodic the onsets are and how clearly one metrical level won: sort by them to send the least
+//! certain answers to review (docs/accuracy.md reports accuracy against coverage).
 
 use std::path::PathBuf;
 
