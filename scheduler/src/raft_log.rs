@@ -574,11 +574,7 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("cmd-{index}").into_bytes().into();
-        e
+        Entry { index, term, data: format!("cmd-{index}").into_bytes().into(), ..Default::default() }
     }
 
     #[test]
@@ -587,10 +583,7 @@ mod tests {
         {
             let mut log = RaftLog::open(dir.path(), None).expect("open");
             log.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("append");
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.commit = 3;
-            log.set_hard_state(hs).expect("hs");
+            log.set_hard_state(HardState { term: 2, commit: 3, ..Default::default() }).expect("hs");
             log.sync().expect("sync");
         }
         let log = RaftLog::open(dir.path(), None).expect("reopen");
