@@ -17,15 +17,19 @@
 //! Layout:
 //! - [`command`]: the commands, their outcomes and the effects the shell must carry out.
 //! - [`task`]: a task, its state and its history.
+//! - [`features`]: feature flags for rolling upgrades: the registry, what a build supports, and
+//!   the enabled flags the ledger replicates.
 //! - `state`: the `Ledger` itself and `apply`.
 //! - `invariants`: checks that must hold after every command (used by tests and debug builds).
 
 pub mod command;
+pub mod features;
 mod invariants;
 mod state;
 pub mod task;
 
 pub use command::{Applied, Command, DeadLetterFilter, Effect, Lease, Outcome, Rejection, SubmitOutcome, WorkerSpec};
+pub use features::{Features, Support, Unsupported};
 pub use state::{Ledger, LedgerConfig, QueueCounts, StateCounts, TaskFilter, WorkerRecord};
 pub use task::{EventKind, HistoryEvent, OutputFile, Task, TaskResult, TaskState};
 

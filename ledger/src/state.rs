@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{
     Applied, Command, DeadLetterFilter, Effect, Lease, Outcome, Rejection, SubmitOutcome, WorkerSpec,
 };
+use crate::features::Features;
 use crate::task::{EventKind, HistoryEvent, Task, TaskResult, TaskState};
 use crate::Millis;
 
@@ -249,6 +250,8 @@ pub struct Ledger {
     rates: VecDeque<RateBucket>,
     /// Tasks moved by work stealing since the cluster began.
     steals_total: u64,
+    /// Enabled feature flags and the state of gated features (snapshotted after the record).
+    pub(crate) features: Features,
     ix: Indexes,
 }
 
@@ -335,6 +338,9 @@ impl Ledger {
             Command::RequeueDeadLetters { filter } => Ok(self.requeue(&filter, now, &mut effects)),
             Command::PurgeDeadLetters { filter } => Ok(self.purge(&filter)),
             Command::CollectGarbage => Ok(self.collect_garbage(now)),
+            Command::EnableFeature { name } => self.features.enable(&name),
+            Command::OpenSession { spec } => self.open_session(spec, now),
+            Command::CloseSession { worker, session } => self.close_session(&worker, session, now),
         };
         Applied { outcome, effects }
     }
@@ -518,7 +524,7 @@ impl Ledger {
         Ok(Outcome::Submitted(results))
     }
 
-    fn register(&mut self, spec: WorkerSpec, now: Millis) -> Outcome {
+    pub(crate) fn register(&mut self, spec: WorkerSpec, now: Millis) -> Outcome {
         let leased = self.ix.by_worker.get(&spec.id).map_or(0, |s| s.len() as u32);
         match self.workers.get_mut(&spec.id) {
             Some(record) => {
@@ -547,7 +553,7 @@ impl Ledger {
         Outcome::Done
     }
 
-    fn with_worker(
+    pub(crate) fn with_worker(
         &mut self,
         worker: &WorkerId,
         now: Millis,
@@ -1171,11 +1177,13 @@ impl Ledger {
         // 100 MB snapshot briefly holds its old and new halves, which is the replica's peak.
         // Serializing plain data structures cannot fail.
         let size = postcard::serialize_with_flavor(&snapshot, postcard::ser_flavors::Size::default()).unwrap_or(0);
-        postcard::to_extend(&snapshot, Vec::with_capacity(size)).unwrap_or_default()
+        let mut bytes = postcard::to_extend(&snapshot, Vec::with_capacity(size)).unwrap_or_default();
+        self.features.write_trailer(&mut bytes);
+        bytes
     }
 
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        let s: Snapshot = postcard::from_bytes(bytes)?;
+        let (s, rest): (Snapshot, _) = postcard::take_from_bytes(bytes)?;
         let tasks: BTreeMap<TaskId, Box<Task>> = s.tasks.into_iter().map(|t| (t.id, Box::new(t))).collect();
         let workers = s.workers.into_iter().map(|w| (w.spec.id.clone(), w)).collect();
         let ix = Indexes::build(&tasks);
@@ -1189,6 +1197,7 @@ impl Ledger {
             collected: s.collected,
             rates: s.rates.into_iter().collect(),
             steals_total: s.steals_total,
+            features: Features::read_trailer(rest)?,
             ix,
         })
     }
