@@ -134,5 +134,6 @@ pub fn worker_to_pb(w: &WorkerRecord) -> v1::WorkerInfo {
         stolen_from: w.stolen_from,
         busy_slots: 0,
         buffered: 0,
+        session: 0,
     }
 }

@@ -14,6 +14,7 @@
 //! - `sessions`: worker streams and the dispatcher that leases to them.
 //! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes.
 //! - `http`: metrics and health.
+//! - `upgrade`: rolling upgrades: what each member supports, and the gate for feature flags.
 
 mod api;
 mod convert;
@@ -29,6 +30,7 @@ mod sessions;
 mod sim;
 mod status;
 mod transport;
+mod upgrade;
 
 use std::net::SocketAddr;
 
@@ -42,6 +44,7 @@ use tokio::task::JoinSet;
 pub use handle::Handle;
 pub use node::{ledger_digest, MemberChange, MembershipOutcome, NodeStatus, ProposeError};
 pub use status::LEADER_METADATA;
+pub use upgrade::VERSION;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -94,6 +97,15 @@ pub(crate) fn cluster_to_pb(s: &NodeStatus) -> v1::ClusterResponse {
         leader_heard_ms: s.leader_heard_ms,
         ledger_digest: 0,
         disk_bytes: s.disk_bytes,
+        support: None,
+    }
+}
+
+/// What this node supports: this build, or the older release it emulates.
+fn support(opts: &SchedulerOptions) -> kiln_ledger::Support {
+    match opts.emulate_format {
+        Some(format) => kiln_ledger::Support::emulating(format),
+        None => kiln_ledger::Support::this_build(),
     }
 }
 
@@ -165,6 +177,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         snapshot_every: opts.snapshot_every,
         clock: node::now_ms,
         randomized_election: true,
+        support: support(opts),
     };
     // Every node gets a real transport, even a one-member cluster: members can be added later.
     let transport: Box<dyn node::Transport> =
@@ -183,6 +196,12 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     let mut tasks = JoinSet::new();
     tasks.spawn(hub.clone().run_events(events_rx));
     tasks.spawn(hub.clone().run_dispatcher());
+    if opts.auto_enable_features {
+        tasks.spawn(upgrade::auto_enable(handle.clone(), support(opts), std::time::Duration::from_secs(5)));
+    }
+    if let Some(format) = opts.emulate_format {
+        tracing::warn!(format, "emulating an older release: newer log formats and feature flags are hidden");
+    }
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
@@ -190,7 +209,11 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         .map_err(|e| Error::Reflection(e.to_string()))?;
     let grpc = tonic::transport::Server::builder()
         .add_service(reflection)
-        .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(handle.clone(), hub.clone())))
+        .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(
+            handle.clone(),
+            hub.clone(),
+            support(opts),
+        )))
         .add_service(v1::worker_session_server::WorkerSessionServer::new(sessions::SessionService::new(hub.clone())))
         .add_service(
             v1::raft_peer_server::RaftPeerServer::new(peer::PeerService::new(handle.clone()))

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kiln_ledger::{Applied, Command, Effect, Ledger, LedgerConfig, Millis, Outcome, Rejection};
+use kiln_ledger::{Applied, Command, Effect, Ledger, LedgerConfig, Millis, Outcome, Rejection, Support, Unsupported};
 use raft::prelude::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
@@ -178,6 +178,9 @@ pub struct NodeConfig {
     /// raft-rs draws each election timeout from [election_ticks, 2 × election_ticks) with its own
     /// thread RNG; a deterministic simulation turns that off and gives nodes distinct timeouts.
     pub randomized_election: bool,
+    /// The log formats and features this node can apply (see `upgrade`): it refuses to start
+    /// from, and halts rather than apply, anything beyond them.
+    pub support: Support,
 }
 
 /// Largest Raft entry the leader proposes (a batch above it is split). Well under the peer
@@ -276,6 +279,8 @@ pub enum RunError {
     Storage(#[from] crate::raft_log::Error),
     #[error("a snapshot received from the leader cannot be decoded: {0}")]
     Snapshot(#[from] postcard::Error),
+    #[error("the cluster committed what this node cannot apply: {0}")]
+    Unsupported(#[from] Unsupported),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +291,8 @@ pub enum StartError {
     Raft(#[from] raft::Error),
     #[error("the stored snapshot cannot be decoded: {0}")]
     Snapshot(#[from] postcard::Error),
+    #[error("this node cannot hold the cluster's ledger: {0}")]
+    Unsupported(#[from] Unsupported),
     #[error("cannot start the node thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -354,6 +361,7 @@ impl Node {
             // Waiting to join: the configured members are whom to answer until a snapshot arrives.
             None => (0, Ledger::new(config.ledger.clone()), founders.clone()),
         };
+        config.support.check_enabled(ledger.features())?;
         // This node's own address may have changed since the snapshot (new --listen).
         if let Some(own) = founders.get(&config.id) {
             members.insert(config.id, own.clone());
@@ -454,7 +462,7 @@ impl Node {
             if let Err(e) = self.round(batch, ticked) {
                 // Storage failures leave the node unable to promise durability: stop serving
                 // rather than acknowledge writes that may not survive.
-                tracing::error!(error = %e, "raft node stopped: storage failure");
+                tracing::error!(error = %e, "raft node stopped");
                 self.fail_all_waiters(ProposeError::Stopped);
                 return;
             }
@@ -719,6 +727,7 @@ impl Node {
             // Decode before installing: a snapshot this node cannot read must not replace its log.
             // Stopping is the only safe answer; carrying on would diverge from the other replicas.
             let (members, ledger) = decode_image(&snapshot.data)?;
+            self.config.support.check_enabled(ledger.features())?;
             self.raw.mut_store().apply_snapshot(&snapshot)?;
             self.ledger = ledger;
             self.members = members;
@@ -792,7 +801,7 @@ impl Node {
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => None,
                 EntryType::EntryNormal => {
-                    self.apply_batch(&entry);
+                    self.apply_batch(&entry)?;
                     None
                 }
                 EntryType::EntryConfChange => {
@@ -860,15 +869,19 @@ impl Node {
         Ok(self.member_list())
     }
 
-    fn apply_batch(&mut self, entry: &Entry) {
+    fn apply_batch(&mut self, entry: &Entry) -> Result<(), RunError> {
         let batch: Batch = match postcard::from_bytes(&entry.data) {
             Ok(b) => b,
             Err(e) => {
                 // Every replica skips the same undecodable entry, so they stay identical.
                 tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
-                return;
+                return Ok(());
             }
         };
+        // All or nothing: a command beyond this node's support stops it before the batch applies.
+        for (_, cmd) in &batch.commands {
+            self.config.support.check(cmd)?;
+        }
         self.last_now = self.last_now.max(batch.now);
         let mine = batch.origin == self.incarnation;
         let leader = self.role == StateRole::Leader;
@@ -890,6 +903,7 @@ impl Node {
                 }
             }
         }
+        Ok(())
     }
 
     fn serve_fresh_reads(&mut self) {

@@ -59,6 +59,9 @@ struct Session {
     /// Distinguishes this connection from a later reconnect of the same worker, so the old
     /// stream's cleanup never removes the new one.
     conn: u64,
+    /// The ledger's identity of this session once `fenced_sessions` is enabled (`None`: it was
+    /// registered unfenced): its close quotes it, so a late close cannot disconnect a newer one.
+    ledger_session: Option<u64>,
     /// The worker's half of the bidirectional stream: assignments, revocations, acks.
     tx: Outbound,
     /// As registered, to register again if the ledger ever says this live session's worker is
@@ -237,8 +240,14 @@ impl Hub {
     async fn register_again(&self, worker: &WorkerId) {
         let Some(spec) = self.sessions().get(worker).map(|s| s.spec.clone()) else { return };
         tracing::warn!(%worker, "the ledger had this connected worker as disconnected; registering it again");
-        if let Err(e) = self.handle.propose(Command::RegisterWorker { spec }).await {
-            tracing::debug!(%worker, error = %e, "registration not proposed");
+        match crate::upgrade::register_session(&self.handle, spec).await {
+            Ok(Ok(Some(session))) => {
+                if let Some(s) = self.sessions().get_mut(worker) {
+                    s.ledger_session = Some(session);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%worker, error = %e, "registration not proposed"),
         }
         self.wake.notify_one();
     }
@@ -580,10 +589,10 @@ impl WorkerSession for SessionService {
         let spec = spec_from_hello(hello)?;
         let worker = spec.id.clone();
         let hub = self.hub.clone();
-        match hub.handle.propose(Command::RegisterWorker { spec: spec.clone() }).await.map_err(from_propose)? {
-            Ok(_) => {}
-            Err(r) => return Err(crate::status::from_rejection(r)),
-        }
+        let ledger_session = crate::upgrade::register_session(&hub.handle, spec.clone())
+            .await
+            .map_err(from_propose)?
+            .map_err(crate::status::from_rejection)?;
         let (tx, rx) = mpsc::channel(1024);
         let welcome = v1::Welcome {
             lease_ttl_ms: hub.lease_ttl.as_millis() as u64,
@@ -596,6 +605,7 @@ impl WorkerSession for SessionService {
             worker.clone(),
             Session {
                 conn,
+                ledger_session,
                 tx: tx.clone(),
                 spec,
                 want: 0,
@@ -676,16 +686,13 @@ impl WorkerSession for SessionService {
             let current = {
                 let mut sessions = hub.sessions();
                 match sessions.get(&worker) {
-                    Some(s) if s.conn == conn => {
-                        sessions.remove(&worker);
-                        true
-                    }
-                    _ => false,
+                    Some(s) if s.conn == conn => sessions.remove(&worker).map(|s| s.ledger_session),
+                    _ => None,
                 }
             };
-            if current {
+            if let Some(ledger_session) = current {
                 tracing::info!(%worker, "worker session closed");
-                let _ = hub.handle.propose(Command::DisconnectWorker { worker }).await;
+                let _ = hub.handle.propose(crate::upgrade::close_command(worker, ledger_session)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
