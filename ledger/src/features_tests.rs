@@ -158,7 +158,7 @@ fn a_build_emulating_the_base_format_refuses_newer_commands_and_enabled_features
     assert_eq!(old.max_format, BASE_FORMAT);
     assert!(!old.has(FENCED_SESSIONS));
     assert_eq!(old.check(&Command::ExpireLeases), Ok(()));
-    let err = old.check(&Command::EnableFeature { name: FENCED_SESSIONS.into() }).unwrap_err();
+    let err = old.check(&Command::EnableFeature { name: FENCED_SESSIONS.into() }).expect_err("unsupported");
     assert!(matches!(err, Unsupported::Format { command: "EnableFeature", needs: 2, max: 1, .. }), "{err:?}");
     assert!(old.check(&Command::OpenSession { spec: spec("w1") }).is_err());
 
@@ -172,7 +172,7 @@ fn a_build_emulating_the_base_format_refuses_newer_commands_and_enabled_features
 #[test]
 fn enabling_a_feature_this_build_does_not_know_is_unsupported_even_at_its_format() {
     let support = Support::this_build();
-    let err = support.check(&Command::EnableFeature { name: "from_the_future".into() }).unwrap_err();
+    let err = support.check(&Command::EnableFeature { name: "from_the_future".into() }).expect_err("unsupported");
     assert_eq!(err, Unsupported::Feature("from_the_future".into()));
 }
 

@@ -66,7 +66,7 @@ fn a_node_that_does_not_support_a_committed_command_halts_instead_of_applying_it
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = open(dir.path(), Support::emulating(1)).expect("open");
     lead(&mut node);
-    let err = propose(&mut node, Command::EnableFeature { name: FENCED_SESSIONS.into() }).unwrap_err();
+    let err = propose(&mut node, Command::EnableFeature { name: FENCED_SESSIONS.into() }).expect_err("unsupported");
     assert!(matches!(err, RunError::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("EnableFeature"), "{err}");
     assert!(!node.ledger().features().is_enabled(FENCED_SESSIONS), "nothing of the batch was applied");
