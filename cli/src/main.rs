@@ -75,7 +75,7 @@ enum Command {
     Dlq(cmd::dlq::Args),
     /// Connected workers, their slots and leases.
     Workers(cmd::workers::Args),
-    /// Raft members, leader, term, commit and applied index.
+    /// Raft members, leader, term, commit and applied index, releases and feature flags.
     Cluster(cmd::cluster::Args),
     /// Prove nothing was lost: every task in one terminal state, replicas identical.
     Audit(cmd::audit::Args),

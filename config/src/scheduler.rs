@@ -72,6 +72,13 @@ pub struct SchedulerOptions {
     /// Idle workers take unstarted tasks from the deepest buffers when the queues run dry
     /// (DESIGN §3). Off only to measure what it buys.
     pub work_stealing: bool,
+    /// For tests and for rehearsing a rollback: behave as the older release whose newest log
+    /// format is this one, hiding the newer formats and feature flags from the cluster. A node
+    /// emulating a format refuses to start once the cluster has enabled a feature it hides.
+    pub emulate_format: Option<u32>,
+    /// The leader enables every feature flag as soon as every member supports it. Off by default:
+    /// enabling is one-way (no rollback past it), so an operator should choose when.
+    pub auto_enable_features: bool,
 }
 
 impl Default for SchedulerOptions {
@@ -97,6 +104,8 @@ impl Default for SchedulerOptions {
             raft_tick: Duration::from_millis(100),
             election_ticks: 10,
             work_stealing: true,
+            emulate_format: None,
+            auto_enable_features: false,
         }
     }
 }
@@ -146,6 +155,11 @@ impl SchedulerOptions {
         }
         if self.election_ticks < 3 {
             return bad("election_ticks must be at least 3".into());
+        }
+        if self.emulate_format == Some(0) {
+            return bad(
+                "emulate_format must be a log format (1 is the first); leave it unset to run this release".into()
+            );
         }
         Ok(())
     }

@@ -110,6 +110,22 @@ pub enum Command {
         thief: WorkerId,
         tasks: Vec<(TaskId, u32)>,
     },
+    // Log format 2 (see `crate::features`): appended, so every earlier variant keeps its tag.
+    /// Turn a feature flag on for good (idempotent). Proposed only once every member supports it.
+    EnableFeature {
+        name: String,
+    },
+    /// `fenced_sessions`: `RegisterWorker` that gives the session an identity
+    /// ([`Outcome::SessionOpened`]), which its close must quote.
+    OpenSession {
+        spec: WorkerSpec,
+    },
+    /// `fenced_sessions`: `DisconnectWorker` that only counts if `session` is still the worker's
+    /// current one, so the late close of an old stream cannot disconnect a reconnected worker.
+    CloseSession {
+        worker: WorkerId,
+        session: u64,
+    },
 }
 
 /// One lease, as a report names it: the task, the lease's sequence number and its holder. A
@@ -136,6 +152,10 @@ pub enum Rejection {
     AlreadyTerminal { task: TaskId, state: String },
     #[error("request_id {request_id} is used by task {task} with a different job")]
     ConflictingRequest { request_id: RequestId, task: TaskId },
+    #[error("no feature named `{0}` (see `kiln cluster features`)")]
+    UnknownFeature(String),
+    #[error("{command} needs feature `{feature}`, which is not enabled")]
+    FeatureDisabled { feature: String, command: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +189,10 @@ pub enum Outcome {
     /// Requeue, purge, expire, GC, renew: how many tasks were affected.
     Count(u64),
     Done,
+    /// OpenSession: the identity the worker's close must quote.
+    SessionOpened {
+        session: u64,
+    },
 }
 
 /// Something the shell must do because of a command (only the leader acts on effects).

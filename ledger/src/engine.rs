@@ -17,6 +17,7 @@ use kiln_types::{QueueName, TaskId, WorkerId};
 
 use crate::command::{Applied, Command, Effect};
 use crate::config::LedgerConfig;
+use crate::features::Features;
 use crate::handlers::{Failure, Taking};
 use crate::indexes::Indexes;
 use crate::records::{RateBucket, StateCounts, WorkerRecord, RATE_WINDOW_SECS};
@@ -39,6 +40,9 @@ pub struct Ledger {
     pub(crate) rates: VecDeque<RateBucket>,
     /// Tasks moved by work stealing since the cluster began.
     pub(crate) steals_total: u64,
+    /// Enabled feature flags and the state of gated features (see `features`). Part of the record:
+    /// snapshots carry it (format 2) as soon as anything is enabled.
+    pub(crate) features: Features,
     pub(crate) ix: Indexes,
 }
 
@@ -121,6 +125,9 @@ impl Ledger {
             Command::RequeueDeadLetters { filter } => Ok(self.requeue(&filter, s)),
             Command::PurgeDeadLetters { filter } => Ok(self.purge(&filter)),
             Command::CollectGarbage => Ok(self.collect_garbage(now)),
+            Command::EnableFeature { name } => self.features.enable(&name),
+            Command::OpenSession { spec } => self.open_session(spec, s),
+            Command::CloseSession { worker, session } => self.close_session(&worker, session, s),
         };
         Applied { outcome, effects: step.effects }
     }

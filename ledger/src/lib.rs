@@ -30,12 +30,15 @@
 //! - `planning`: the pure work-stealing and backup plans.
 //! - [`codec`]: the versioned wire and disk format of log entries and snapshots, with its
 //!   command tag table (described in `docs/formats.md`).
+//! - [`features`]: feature flags for rolling upgrades: the registry, what a build supports, and
+//!   the enabled flags the ledger replicates.
 //! - `invariants`: checks that must hold after every command (used by tests and debug builds).
 
 pub mod codec;
 pub mod command;
 mod config;
 mod engine;
+pub mod features;
 mod handlers;
 mod indexes;
 mod invariants;
@@ -49,6 +52,7 @@ pub use command::{
 };
 pub use config::LedgerConfig;
 pub use engine::Ledger;
+pub use features::{Features, Support, Unsupported};
 pub use queries::TaskFilter;
 pub use records::{QueueCounts, StateCounts, WorkerRecord};
 pub use task::{EventKind, HistoryEvent, OutputFile, Task, TaskResult, TaskState};

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use kiln_ledger::codec::{self, Batch, COMMAND_TAGS, FORMAT_VERSION};
+use kiln_ledger::features::FENCED_SESSIONS;
 use kiln_ledger::{
     Command, DeadLetterFilter, Ledger, LedgerConfig, Outcome, OutputFile, TaskResult, TaskState, WorkerSpec,
 };
@@ -123,6 +124,9 @@ fn commands() -> Vec<(&'static str, Command)> {
         ("purge-dead-letters", Command::PurgeDeadLetters { filter: DeadLetterFilter { all: true, ..filter() } }),
         ("collect-garbage", Command::CollectGarbage),
         ("backup", Command::Backup { thief: wid("render-02"), tasks: vec![(TaskId(47), 4)] }),
+        ("enable-feature", Command::EnableFeature { name: FENCED_SESSIONS.into() }),
+        ("open-session", Command::OpenSession { spec: spec("render-01") }),
+        ("close-session", Command::CloseSession { worker: w.clone(), session: 3 }),
     ]
 }
 
@@ -237,6 +241,46 @@ fn a_snapshot_encodes_to_its_golden_bytes_and_back() {
     assert_eq!(decoded.members, members);
     assert!(decoded.ledger == ledger, "the fixture decodes to the same ledger");
     decoded.ledger.check_invariants().expect("indexes rebuilt");
+}
+
+/// The fixture ledger after enabling `fenced_sessions`, with one worker on a fenced session and
+/// one session closed.
+fn ledger_with_features() -> Ledger {
+    let mut l = ledger();
+    let mut apply = |cmd: Command| {
+        l.apply(cmd, NOW + 60_000).outcome.unwrap_or_else(|e| panic!("fixture command refused: {e}"));
+    };
+    apply(Command::EnableFeature { name: FENCED_SESSIONS.into() });
+    apply(Command::OpenSession { spec: spec("render-02") });
+    apply(Command::OpenSession { spec: spec("render-03") });
+    apply(Command::CloseSession { worker: wid("render-03"), session: 2 });
+    l
+}
+
+#[test]
+fn a_snapshot_with_enabled_features_is_format_2_and_encodes_to_its_golden_bytes_and_back() {
+    let ledger = ledger_with_features();
+    let members = vec![(1, "10.0.0.1:7400".to_owned())];
+    let encoded = codec::encode_snapshot(FORMAT_VERSION, &members, &ledger).expect("encodes");
+    assert_eq!(codec::version_of(&encoded), Some((codec::Kind::Snapshot, 2)), "format 1 cannot hold the flags");
+    let expected = golden(2, "snapshot", &encoded);
+    assert!(encoded == expected, "the format 2 snapshot encoding changed: that is a format change");
+    let decoded = codec::decode_snapshot(&expected).expect("the fixture decodes");
+    assert_eq!(decoded.members, members);
+    assert!(decoded.ledger.features().is_enabled(FENCED_SESSIONS));
+    assert_eq!(decoded.ledger.features().session_of(&wid("render-02")), Some(1));
+    assert_eq!(decoded.ledger.features().session_of(&wid("render-03")), None);
+    assert!(decoded.ledger == ledger, "the fixture decodes to the same ledger");
+}
+
+#[test]
+fn a_ledger_that_enabled_nothing_still_snapshots_as_format_1() {
+    let encoded = codec::encode_snapshot(FORMAT_VERSION, &[], &ledger()).expect("encodes");
+    assert_eq!(codec::version_of(&encoded), Some((codec::Kind::Snapshot, 1)));
+    assert_eq!(
+        codec::encode_snapshot(2, &[], &ledger()).map(|b| codec::version_of(&b)),
+        Ok(Some((codec::Kind::Snapshot, 2)))
+    );
 }
 
 /// Decoding never guesses: whatever it does not understand is an error that says what and where.

@@ -18,11 +18,13 @@ pub struct Api {
     handle: Handle,
     /// For what only the leader's sessions know (busy slots, prefetch depth).
     hub: std::sync::Arc<crate::sessions::Hub>,
+    /// What this node reports it can apply (rolling upgrades).
+    support: kiln_ledger::Support,
 }
 
 impl Api {
-    pub fn new(handle: Handle, hub: std::sync::Arc<crate::sessions::Hub>) -> Self {
-        Self { handle, hub }
+    pub fn new(handle: Handle, hub: std::sync::Arc<crate::sessions::Hub>, support: kiln_ledger::Support) -> Self {
+        Self { handle, hub, support }
     }
 
     async fn propose(&self, cmd: Command) -> Result<Outcome, Status> {
@@ -153,7 +155,13 @@ impl Scheduler for Api {
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         let mut workers: Vec<v1::WorkerInfo> = self
             .handle
-            .read(|l, _| l.workers().into_iter().map(convert::worker_to_pb).collect())
+            .read(|l, _| {
+                let session = |w: &kiln_ledger::WorkerRecord| l.features().session_of(&w.spec.id).unwrap_or(0);
+                l.workers()
+                    .into_iter()
+                    .map(|w| v1::WorkerInfo { session: session(w), ..convert::worker_to_pb(w) })
+                    .collect()
+            })
             .await
             .map_err(from_propose)?;
         let live = self.hub.live();
@@ -168,10 +176,12 @@ impl Scheduler for Api {
 
     /// This node's own view, served by whichever node is asked (it is how nodes are compared).
     async fn cluster(&self, _request: Request<v1::ClusterRequest>) -> Result<Response<v1::ClusterResponse>, Status> {
+        let support = self.support.clone();
         let response = self
             .handle
-            .read(|l, status| v1::ClusterResponse {
+            .read(move |l, status| v1::ClusterResponse {
                 ledger_digest: crate::ledger_digest(l),
+                support: Some(crate::upgrade::support_to_pb(&support, l.features())),
                 ..convert::cluster_to_pb(status)
             })
             .await
@@ -187,6 +197,33 @@ impl Scheduler for Api {
         self.handle.change_membership(change).await.map_err(from_propose)?.map_err(Status::failed_precondition)?;
         let status = self.handle.status().await.map_err(from_propose)?;
         Ok(Response::new(convert::cluster_to_pb(&status)))
+    }
+
+    /// This node's own support, served by whichever node is asked (it is how the leader learns it).
+    async fn support(&self, _request: Request<v1::SupportRequest>) -> Result<Response<v1::NodeSupport>, Status> {
+        let support = self.support.clone();
+        let report = self
+            .handle
+            .read(move |l, _| crate::upgrade::support_to_pb(&support, l.features()))
+            .await
+            .map_err(from_propose)?;
+        Ok(Response::new(report))
+    }
+
+    async fn list_features(
+        &self,
+        _request: Request<v1::ListFeaturesRequest>,
+    ) -> Result<Response<v1::ListFeaturesResponse>, Status> {
+        let features = crate::upgrade::list(&self.handle, &self.support).await?;
+        Ok(Response::new(v1::ListFeaturesResponse { features }))
+    }
+
+    async fn enable_feature(
+        &self,
+        request: Request<v1::EnableFeatureRequest>,
+    ) -> Result<Response<v1::Feature>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(crate::upgrade::enable(&self.handle, &self.support, name.trim()).await?))
     }
 }
 

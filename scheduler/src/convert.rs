@@ -162,6 +162,7 @@ pub fn worker_to_pb(w: &WorkerRecord) -> v1::WorkerInfo {
         stolen_from: w.stolen_from,
         busy_slots: 0,
         buffered: 0,
+        session: 0,
     }
 }
 
@@ -259,6 +260,7 @@ pub fn cluster_to_pb(s: &NodeStatus) -> v1::ClusterResponse {
         leader_heard_ms: s.leader_heard_ms,
         ledger_digest: 0,
         disk_bytes: s.disk_bytes,
+        support: None,
     }
 }
 

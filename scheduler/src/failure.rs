@@ -20,6 +20,9 @@ pub enum FailureKind {
     Io,
     /// The data directory holds something this node cannot read or reconcile.
     Corrupt,
+    /// The cluster committed (or this node's snapshot holds) a log format or an enabled feature
+    /// flag this release does not support: the data is fine, the binary is too old.
+    Unsupported,
     /// The node thread panicked (a bug).
     Panic,
     /// Anything else.
@@ -28,11 +31,11 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// The process exit code (sysexits.h): 74 EX_IOERR for a full or failing disk, 65 EX_DATAERR
-    /// for a damaged data directory, 70 EX_SOFTWARE otherwise.
+    /// for a damaged data directory or data this release cannot apply, 70 EX_SOFTWARE otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             FailureKind::DiskFull | FailureKind::Io => 74,
-            FailureKind::Corrupt => 65,
+            FailureKind::Corrupt | FailureKind::Unsupported => 65,
             FailureKind::Panic | FailureKind::Other => 70,
         }
     }
@@ -45,6 +48,11 @@ pub struct NodeFailure {
     pub kind: FailureKind,
     pub message: String,
 }
+
+/// The advice printed when this release cannot apply the cluster's data.
+pub(crate) const UNSUPPORTED_ADVICE: &str = "this release cannot apply what the cluster committed: run the newer \
+release on this node (its data directory is intact: do not move it aside; a cluster cannot be rolled back past \
+an enabled feature flag, see 'Upgrade (rolling)' in docs/operations.md)";
 
 /// The advice printed with a damaged data directory.
 pub(crate) const CORRUPT_ADVICE: &str = "the data directory is damaged: move it aside (keep it for a post-mortem), \
@@ -65,6 +73,7 @@ impl NodeFailure {
                 chain(err)
             ),
             FailureKind::Corrupt => format!("{}; {CORRUPT_ADVICE}", chain(err)),
+            FailureKind::Unsupported => format!("{}; {UNSUPPORTED_ADVICE}", chain(err)),
             FailureKind::Panic | FailureKind::Other => format!("the Raft node stopped: {}", chain(err)),
         };
         Self { kind, message }
@@ -104,6 +113,9 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 fn classify(err: &(dyn std::error::Error + 'static)) -> FailureKind {
     let mut next = Some(err);
     while let Some(e) = next {
+        if e.downcast_ref::<kiln_ledger::Unsupported>().is_some() {
+            return FailureKind::Unsupported;
+        }
         // The node's errors wrap storage errors transparently, which hides them from `source()`.
         let storage = match (e.downcast_ref::<StartError>(), e.downcast_ref::<RunError>()) {
             (Some(StartError::Storage(s)), _) | (_, Some(RunError::Storage(s))) => Some(s),
@@ -191,6 +203,21 @@ mod tests {
         let f = NodeFailure::from_error(&err, Path::new("/data"));
         assert_eq!((f.kind.clone(), f.exit_code()), (FailureKind::Corrupt, 65));
         assert!(f.message.contains("restore it from a backup"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_node_too_old_for_what_the_cluster_committed_is_told_to_run_the_newer_release() {
+        let unsupported = kiln_ledger::Unsupported::Feature("fenced_sessions".into());
+        for err in [
+            &RunError::Unsupported(unsupported.clone()) as &(dyn std::error::Error + 'static),
+            &StartError::Unsupported(unsupported.clone()),
+        ] {
+            let f = NodeFailure::from_error(err, Path::new("/data"));
+            assert_eq!((f.kind.clone(), f.exit_code()), (FailureKind::Unsupported, 65));
+            assert!(f.message.contains("fenced_sessions"), "{}", f.message);
+            assert!(f.message.contains("run the newer release"), "{}", f.message);
+            assert!(!f.message.contains("move it aside;"), "the data is not damaged: {}", f.message);
+        }
     }
 
     #[test]

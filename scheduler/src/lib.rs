@@ -17,6 +17,7 @@
 //! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes.
 //! - `http`: metrics and health; `metrics`, `kpi`, `raft_metrics`: what `/metrics` serves.
 //! - `ui`: the dashboard at `/ui`.
+//! - `upgrade`: rolling upgrades: what each member supports, and the gate for feature flags.
 
 mod api;
 mod convert;
@@ -38,6 +39,7 @@ mod sim;
 mod status;
 mod transport;
 mod ui;
+mod upgrade;
 
 use std::net::SocketAddr;
 
@@ -52,6 +54,7 @@ pub use failure::{FailureKind, NodeFailure};
 pub use handle::Handle;
 pub use node::{ledger_digest, MemberChange, MembershipOutcome, NodeStatus, ProposeError};
 pub use status::LEADER_METADATA;
+pub use upgrade::VERSION;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -72,6 +75,7 @@ fn start_advice(kind: &FailureKind) -> String {
     match kind {
         FailureKind::DiskFull => "; the disk is full: free space and restart; nothing committed is lost".to_owned(),
         FailureKind::Corrupt => format!("; {}", failure::CORRUPT_ADVICE),
+        FailureKind::Unsupported => format!("; {}", failure::UNSUPPORTED_ADVICE),
         _ => String::new(),
     }
 }
@@ -102,6 +106,14 @@ fn ledger_config(opts: &SchedulerOptions) -> LedgerConfig {
         gc_ttl_ms: ms(opts.gc_ttl),
         max_live_tasks: opts.max_live_tasks,
         ..LedgerConfig::default()
+    }
+}
+
+/// What this node supports: this build, or the older release it emulates.
+fn support(opts: &SchedulerOptions) -> kiln_ledger::Support {
+    match opts.emulate_format {
+        Some(format) => kiln_ledger::Support::emulating(format),
+        None => kiln_ledger::Support::this_build(),
     }
 }
 
@@ -192,6 +204,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         clock: node::now_ms,
         randomized_election: true,
         metrics: raft_metrics.clone(),
+        support: support(opts),
     };
     // Every node gets a real transport, even a one-member cluster: members can be added later.
     let transport: Box<dyn node::Transport> =
@@ -233,12 +246,22 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     hub.start(events_rx);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    if opts.auto_enable_features {
+        tasks.spawn(upgrade::auto_enable(handle.clone(), support(opts), std::time::Duration::from_secs(5)));
+    }
+    if let Some(format) = opts.emulate_format {
+        tracing::warn!(format, "emulating an older release: newer log formats and feature flags are hidden");
+    }
 
     let (reflection_v1, reflection_v1alpha) = reflection::services()?;
     let grpc = tonic::transport::Server::builder()
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(handle.clone(), hub.clone())))
+        .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(
+            handle.clone(),
+            hub.clone(),
+            support(opts),
+        )))
         .add_service(v1::worker_session_server::WorkerSessionServer::new(sessions::SessionService::new(hub.clone())))
         .add_service(
             v1::raft_peer_server::RaftPeerServer::new(peer::PeerService::new(handle.clone()))

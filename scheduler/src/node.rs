@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_ledger::codec::{self, Batch};
-use kiln_ledger::{Applied, Command, Effect, Ledger, LedgerConfig, Millis, Outcome, Rejection};
+use kiln_ledger::{Applied, Command, Effect, Ledger, LedgerConfig, Millis, Outcome, Rejection, Support, Unsupported};
 use raft::prelude::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot};
@@ -179,6 +179,9 @@ pub struct NodeConfig {
     /// thread RNG; a deterministic simulation turns that off and gives nodes distinct timeouts.
     pub randomized_election: bool,
     pub metrics: std::sync::Arc<crate::raft_metrics::RaftMetrics>,
+    /// The log formats and features this node can apply (see `upgrade`): it refuses to start
+    /// from, and halts rather than apply, anything beyond them.
+    pub support: Support,
 }
 
 /// Largest Raft entry the leader proposes (a batch above it is split). Well under the peer
@@ -211,6 +214,7 @@ fn recover_alone(log: &mut RaftLog, config: &NodeConfig) -> Result<(), StartErro
     let (index, mut members, mut ledger) = match log.stored_snapshot()? {
         Some((index, bytes)) => {
             let (members, ledger) = decode_image(&bytes)?;
+            config.support.check_enabled(ledger.features())?;
             (index, members, ledger)
         }
         None => (0, BTreeMap::new(), Ledger::new(config.ledger.clone())),
@@ -223,6 +227,9 @@ fn recover_alone(log: &mut RaftLog, config: &NodeConfig) -> Result<(), StartErro
             // Never skipped: a ledger rebuilt without a committed entry is not the cluster's.
             let batch = codec::decode_batch(&entry.data)
                 .map_err(|source| StartError::Undecodable { index: entry.index, source })?;
+            for (_, cmd) in &batch.commands {
+                config.support.check(cmd)?;
+            }
             for (_, cmd) in batch.commands {
                 ledger.apply(cmd, batch.now);
             }
@@ -266,6 +273,11 @@ pub enum RunError {
     Undecodable { index: u64, source: codec::Error },
     #[error("cannot write a snapshot: {0}")]
     Encode(#[source] codec::Error),
+    /// A committed command beyond this node's support (a newer log format or a feature it lacks).
+    /// Stopping is the only safe answer: applying it differently, or skipping it, would split the
+    /// replicas. The newer release can go on from here.
+    #[error("the cluster committed what this node cannot apply: {0}")]
+    Unsupported(#[from] Unsupported),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +292,8 @@ pub enum StartError {
     Undecodable { index: u64, source: codec::Error },
     #[error("cannot write a snapshot: {0}")]
     Encode(#[source] codec::Error),
+    #[error("this node cannot hold the cluster's ledger: {0}")]
+    Unsupported(#[from] Unsupported),
     #[error("cannot start the node thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -354,6 +368,7 @@ impl Node {
             // Waiting to join: the configured members are whom to answer until a snapshot arrives.
             None => (0, Ledger::new(config.ledger.clone()), founders.clone()),
         };
+        config.support.check_enabled(ledger.features())?;
         // This node's own address may have changed since the snapshot (new --listen).
         if let Some(own) = founders.get(&config.id) {
             members.insert(config.id, own.clone());
@@ -728,6 +743,7 @@ impl Node {
             // Decode before installing: a snapshot this node cannot read must not replace its log.
             // Stopping is the only safe answer; carrying on would diverge from the other replicas.
             let (members, ledger) = decode_image(&snapshot.data).map_err(RunError::Snapshot)?;
+            self.config.support.check_enabled(ledger.features())?;
             self.raw.mut_store().apply_snapshot(&snapshot)?;
             self.ledger = ledger;
             self.members = members;
@@ -811,8 +827,7 @@ impl Node {
                     // that: a new leader's new command reaching an old follower).
                     let batch = codec::decode_batch(&entry.data)
                         .map_err(|source| RunError::Undecodable { index: entry.index, source })?;
-                    self.applied = entry.index;
-                    self.apply_batch(batch);
+                    self.apply_batch(entry.index, batch)?;
                     None
                 }
                 EntryType::EntryConfChange => {
@@ -882,7 +897,13 @@ impl Node {
         Ok(self.member_list())
     }
 
-    fn apply_batch(&mut self, batch: Batch) {
+    /// Applies one committed batch, all or nothing: a command beyond this node's support stops it
+    /// before any command of the batch is applied (and before `applied` moves past the entry).
+    fn apply_batch(&mut self, index: u64, batch: Batch) -> Result<(), RunError> {
+        for (_, cmd) in &batch.commands {
+            self.config.support.check(cmd)?;
+        }
+        self.applied = index;
         self.last_now = self.last_now.max(batch.now);
         let mine = batch.origin == self.incarnation;
         let leader = self.role == StateRole::Leader;
@@ -904,6 +925,7 @@ impl Node {
                 }
             }
         }
+        Ok(())
     }
 
     fn serve_fresh_reads(&mut self) {

@@ -199,6 +199,7 @@ impl Sim {
             batch_window: Duration::ZERO,
             snapshot_every: 25,
             clock: sim_clock,
+            support: kiln_ledger::Support::this_build(),
             randomized_election: false,
             metrics: Default::default(),
         };
@@ -544,6 +545,7 @@ fn lone_leader(dir: &std::path::Path, batch_window: Duration) -> Node {
         clock: sim_clock,
         randomized_election: false,
         metrics: Default::default(),
+        support: kiln_ledger::Support::this_build(),
     };
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut node = Node::open(config, Box::new(Outbox(Arc::new(Mutex::new(Vec::new())))), tx)

@@ -33,6 +33,8 @@ pub fn from_rejection(r: Rejection) -> Status {
         Rejection::UnknownWorker(_) => Code::FailedPrecondition,
         Rejection::AlreadyTerminal { .. } => Code::FailedPrecondition,
         Rejection::ConflictingRequest { .. } => Code::AlreadyExists,
+        Rejection::UnknownFeature(_) => Code::NotFound,
+        Rejection::FeatureDisabled { .. } => Code::FailedPrecondition,
     };
     Status::new(code, r.to_string())
 }

@@ -4,6 +4,9 @@
 //! view (role, term, commit and applied index, how long since it heard from the leader, a digest
 //! of its ledger), so one table shows whether the replicas agree. `add` and `remove` change the
 //! membership one node at a time (ConfChangeV2), which is how a node is replaced without downtime.
+//! The table also shows each member's release and the log formats it reads, and the cluster's
+//! enabled feature flags: what a rolling upgrade checks between steps (`features`,
+//! `enable-feature`).
 
 use std::time::Duration;
 
@@ -30,6 +33,17 @@ enum Change {
     },
     /// Remove a voter (it may be dead). Stop its process afterwards.
     Remove { id: u64 },
+    /// Feature flags: enabled, ready (every member supports it), or waiting for upgrades.
+    Features,
+    /// Enable a feature flag for good, once every member runs a release that supports it.
+    ///
+    /// Upgrade every node first, one at a time, checking `kiln cluster` after each. Enabling is
+    /// one-way: afterwards no node can be rolled back to a release without the feature (it would
+    /// refuse to start). Refused, naming the members, while any member lacks it or is down.
+    EnableFeature {
+        /// The feature's name, as `kiln cluster features` lists it.
+        name: String,
+    },
 }
 
 /// One member as the table shows it: the leader's view of it plus its own answer, if it gave one.
@@ -50,6 +64,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         let request = match change {
             Change::Add { id, address } => v1::MembershipRequest { node_id: id, address, remove: false },
             Change::Remove { id } => v1::MembershipRequest { node_id: id, remove: true, ..Default::default() },
+            Change::Features => return crate::cmd::features::list(ctx).await,
+            Change::EnableFeature { name } => return crate::cmd::features::enable(ctx, name).await,
         };
         let after = client
             .call(|mut s| {
@@ -76,10 +92,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
     let leader_commit = leader_view.commit_index;
 
+    let support = |r: &Row| r.own.as_ref().and_then(|o| o.support.clone());
+    let enabled = leader_view.support.as_ref().map(|s| s.enabled_features.clone()).unwrap_or_default();
     if ctx.output == OutputFormat::Json {
         return output::json(&serde_json::json!({
             "leader_id": leader_view.leader_id, "leader_address": leader_view.leader_address, "term": leader_view.term,
             "commit_index": leader_commit,
+            "enabled_features": enabled,
             "members": rows.iter().map(|r| {
                 let own = r.own.as_ref();
                 serde_json::json!({
@@ -95,6 +114,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                     "leader_heard_ms": own.map(|o| o.leader_heard_ms),
                     "ledger_digest": own.map(|o| format!("{:016x}", o.ledger_digest)),
                     "disk_bytes": own.map(|o| o.disk_bytes),
+                    "version": support(r).map(|s| s.version),
+                    "formats": support(r).map(|s| [s.min_format, s.max_format]),
+                    "emulated_format": support(r).map(|s| s.emulated_format).filter(|f| *f != 0),
+                    "features": support(r).map(|s| s.features),
                 })
             }).collect::<Vec<_>>(),
         }));
@@ -117,17 +140,29 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                 o.snapshot_index.to_string(),
                 if o.role == "leader" { "-".into() } else { format!("{} ms", o.leader_heard_ms) },
                 format!("{:016x}", o.ledger_digest),
+                support(r).map_or_else(|| "-".into(), |s| release(&s)),
             ],
             None => {
                 let mut row = vec![r.member.id.to_string(), "unreachable".into(), r.member.address.clone()];
-                row.extend(std::iter::repeat_n("-".to_owned(), 7));
+                row.extend(std::iter::repeat_n("-".to_owned(), 8));
                 row
             }
         })
         .collect();
     output::table(
-        &["ID", "ROLE", "ADDRESS", "TERM", "COMMIT", "APPLIED", "LAG", "SNAPSHOT", "LEADER SEEN", "LEDGER"],
+        &["ID", "ROLE", "ADDRESS", "TERM", "COMMIT", "APPLIED", "LAG", "SNAPSHOT", "LEADER SEEN", "LEDGER", "RELEASE"],
         &table,
     );
+    println!("enabled features: {}", if enabled.is_empty() { "none".into() } else { enabled.join(", ") });
     Ok(())
+}
+
+/// A member's release as one cell: `0.1.0 formats 1-2 [fenced_sessions]`, with the format it
+/// emulates when it pretends to be an older release.
+fn release(s: &v1::NodeSupport) -> String {
+    let emulating = match s.emulated_format {
+        0 => String::new(),
+        n => format!(" (emulating format {n})"),
+    };
+    format!("{} formats {}-{}{emulating} [{}]", s.version, s.min_format, s.max_format, s.features.join(","))
 }

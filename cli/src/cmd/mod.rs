@@ -5,6 +5,7 @@ pub mod audit;
 pub mod cluster;
 pub mod demo;
 pub mod dlq;
+pub mod features;
 pub mod run;
 pub mod scheduler;
 pub mod status;

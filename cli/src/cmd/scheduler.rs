@@ -30,6 +30,10 @@ pub struct Args {
     /// one-member cluster with everything it knew to be committed, then add new nodes to it.
     #[arg(long, conflicts_with = "join")]
     force_new_cluster: bool,
+    /// For tests and for rehearsing a rollback: behave as the older release whose newest log
+    /// format is N, hiding newer formats and feature flags (`kiln cluster` shows each node's).
+    #[arg(long, value_name = "N")]
+    emulate_format: Option<u32>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -52,6 +56,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.force_new_cluster {
         s.force_new_cluster = true;
+    }
+    if args.emulate_format.is_some() {
+        s.emulate_format = args.emulate_format;
     }
     // Listening on every interface says nothing about how others reach this node; its host name
     // does (a container's service name, a StatefulSet pod's stable name).

@@ -7,6 +7,7 @@
 //! ```text
 //!  log entry:  "KLNE" │ version u16 LE │ body(version)      body v1: origin, now, n, n × (seq, tag, fields)
 //!  snapshot:   "KLNS" │ version u16 LE │ body(version)      body v1: members, ledger record
+//!                                                            body v2: members, ledger record, features
 //! ```
 //!
 //! - Each command is written as its explicit wire tag (the table in `tags`, see [`COMMAND_TAGS`])
@@ -28,6 +29,15 @@
 //! [`READABLE_VERSIONS`], an arm in each dispatch below, and its own golden fixtures
 //! (`tests/golden/v2/`); version 1 keeps decoding as before.
 //!
+//!
+//! Format 2 (feature flags, `crate::features`) changes snapshots only: it adds the `features`
+//! field after the ledger record. A snapshot is written in format 2 exactly when the ledger has
+//! something enabled — which happens only once every member reported that it reads format 2 — and
+//! in the requested format otherwise, so a ledger that enabled nothing snapshots (and digests)
+//! byte for byte as format 1 and an older release compares equal. Log entries keep envelope
+//! version 1: the commands format 2 added are new wire tags (18–20), which an older build refuses
+//! as [`Error::UnknownCommand`] and halts on.
+//!
 //! ```
 //! use kiln_ledger::codec::{self, Batch, FORMAT_VERSION};
 //! use kiln_ledger::Command;
@@ -40,6 +50,7 @@
 mod record;
 mod tags;
 mod v1;
+mod v2;
 
 use std::fmt;
 
@@ -53,10 +64,12 @@ use crate::{Ledger, Millis};
 
 /// The format this build writes unless told otherwise.
 pub const FORMAT_VERSION: u16 = 1;
-/// Formats this build can write (what a cluster may agree on while this build is a member).
+/// Log entry formats this build can write (what a cluster may agree on while this build is a member).
 pub const WRITABLE_VERSIONS: &[u16] = &[1];
-/// Formats this build can read.
+/// Log entry formats this build can read.
 pub const READABLE_VERSIONS: &[u16] = &[1];
+/// Snapshot formats this build reads and writes (2: with the enabled feature flags).
+pub const SNAPSHOT_VERSIONS: &[u16] = &[1, 2];
 
 const ENTRY_MAGIC: [u8; 4] = *b"KLNE";
 const SNAPSHOT_MAGIC: [u8; 4] = *b"KLNS";
@@ -104,9 +117,7 @@ impl fmt::Display for Kind {
 pub enum Error {
     #[error("not a Kiln {kind}: it does not start with the {kind} header")]
     NotKiln { kind: Kind },
-    #[error(
-        "{kind} format version {version} is unknown to this build (it reads {READABLE_VERSIONS:?}); upgrade this node"
-    )]
+    #[error("{kind} format version {version} is unknown to this build; upgrade this node")]
     UnknownVersion { kind: Kind, version: u16 },
     #[error("command {index} of the log entry has wire tag {tag}, unknown to this build (format {version}); upgrade this node")]
     UnknownCommand { version: u16, index: usize, tag: u16 },
@@ -114,13 +125,13 @@ pub enum Error {
     Malformed { kind: Kind, version: u16, what: String, source: postcard::Error },
     #[error("{kind} (format {version}) has {extra} unread bytes after its end")]
     TrailingBytes { kind: Kind, version: u16, extra: usize },
-    #[error("this build cannot write format version {version} (it writes {WRITABLE_VERSIONS:?})")]
+    #[error("this build cannot write format version {version} (log entries {WRITABLE_VERSIONS:?}, snapshots {SNAPSHOT_VERSIONS:?})")]
     CannotWrite { version: u16 },
 }
 
 /// Encodes a log entry in format `version`.
 pub fn encode_batch(version: u16, batch: &Batch) -> Result<Vec<u8>, Error> {
-    let mut out = header(ENTRY_MAGIC, version)?;
+    let mut out = header(ENTRY_MAGIC, WRITABLE_VERSIONS, version)?;
     match version {
         1 => v1::encode_batch(batch, &mut out),
         _ => return Err(Error::CannotWrite { version }),
@@ -140,20 +151,36 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, Error> {
     Ok(batch)
 }
 
-/// Encodes a snapshot of `ledger` and the Raft `members` in format `version`. The buffer is
-/// sized first and allocated once: a growing `Vec` of a 100 MB snapshot briefly holds its old
+/// Encodes a snapshot of `ledger` and the Raft `members` in format `version`, or in format 2 if
+/// the ledger has enabled features, which format 1 cannot hold (see the module docs). The buffer
+/// is sized first and allocated once: a growing `Vec` of a 100 MB snapshot briefly holds its old
 /// and new halves, which was the replica's peak memory.
 pub fn encode_snapshot(version: u16, members: &[(u64, String)], ledger: &Ledger) -> Result<Vec<u8>, Error> {
+    let version = snapshot_version(version, ledger);
     let malformed = |source| Error::Malformed { kind: Kind::Snapshot, version, what: "encoding".into(), source };
+    let size = match version {
+        1 => v1::snapshot_size(members, ledger),
+        2 => v2::snapshot_size(members, ledger),
+        _ => return Err(Error::CannotWrite { version }),
+    }
+    .map_err(malformed)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + size);
+    out.extend_from_slice(&header(SNAPSHOT_MAGIC, SNAPSHOT_VERSIONS, version)?);
     match version {
-        1 => {
-            let size = v1::snapshot_size(members, ledger).map_err(malformed)?;
-            let mut out = Vec::with_capacity(HEADER_LEN + size);
-            out.extend_from_slice(&header(SNAPSHOT_MAGIC, version)?);
-            v1::encode_snapshot(members, ledger, &mut out).map_err(malformed)?;
-            Ok(out)
-        }
-        _ => Err(Error::CannotWrite { version }),
+        1 => v1::encode_snapshot(members, ledger, &mut out),
+        _ => v2::encode_snapshot(members, ledger, &mut out),
+    }
+    .map_err(malformed)?;
+    Ok(out)
+}
+
+/// The format a snapshot of `ledger` is written in when `requested` is asked for: at least 2 once
+/// a feature is enabled (every member reads format 2 by then, or it could not have been).
+pub fn snapshot_version(requested: u16, ledger: &Ledger) -> u16 {
+    if ledger.features.is_empty() {
+        requested
+    } else {
+        requested.max(2)
     }
 }
 
@@ -162,6 +189,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
     let (version, body) = split_header(Kind::Snapshot, SNAPSHOT_MAGIC, bytes)?;
     let (snapshot, rest) = match version {
         1 => v1::decode_snapshot(body)?,
+        2 => v2::decode_snapshot(body)?,
         _ => return Err(Error::UnknownVersion { kind: Kind::Snapshot, version }),
     };
     no_trailing(Kind::Snapshot, version, rest)?;
@@ -176,7 +204,8 @@ pub fn version_of(bytes: &[u8]) -> Option<(Kind, u16)> {
 }
 
 impl Ledger {
-    /// The ledger alone as a snapshot in the current format (no members).
+    /// The ledger alone as a snapshot in the current format (no members); format 2 once a
+    /// feature is enabled. Replicas compare digests of these bytes.
     pub fn to_snapshot(&self) -> Vec<u8> {
         // The current version is always writable, and plain data always encodes.
         encode_snapshot(FORMAT_VERSION, &[], self).unwrap_or_default()
@@ -188,8 +217,8 @@ impl Ledger {
     }
 }
 
-fn header(magic: [u8; 4], version: u16) -> Result<Vec<u8>, Error> {
-    if !WRITABLE_VERSIONS.contains(&version) {
+fn header(magic: [u8; 4], writable: &[u16], version: u16) -> Result<Vec<u8>, Error> {
+    if !writable.contains(&version) {
         return Err(Error::CannotWrite { version });
     }
     let mut out = Vec::with_capacity(64);

@@ -85,6 +85,8 @@ fn from_record(r: Owned) -> Ledger {
         collected: r.collected,
         rates: r.rates.into_iter().collect(),
         steals_total: r.steals_total,
+        // Not in the record: format 1 has none, format 2 writes them after it (`v2`).
+        features: Default::default(),
         ix,
     }
 }

@@ -75,4 +75,8 @@ wire_commands! {
     15 => PurgeDeadLetters { filter: DeadLetterFilter },
     16 => CollectGarbage {},
     17 => Backup { thief: WorkerId, tasks: Vec<(TaskId, u32)> },
+    // Format 2 (feature flags, `crate::features`): proposed only once enabled cluster-wide.
+    18 => EnableFeature { name: String },
+    19 => OpenSession { spec: WorkerSpec },
+    20 => CloseSession { worker: WorkerId, session: u64 },
 }

@@ -8,7 +8,9 @@
 //! | `reports` | `Complete`, `Fail`, `Release` |
 //! | `expiry` | `ExpireLeases`, `GraceLeases` |
 //! | `terminal` | `Cancel`, `RequeueDeadLetters`, `PurgeDeadLetters`, `CollectGarbage` |
-//! | `workers` | `RegisterWorker`, `DisconnectWorker`, `DrainWorker`, `Renew` |
+//! | `workers` | `RegisterWorker`, `DisconnectWorker`, `DrainWorker`, `Renew`, `OpenSession`, `CloseSession` |
+//!
+//! `EnableFeature` is applied by `features` itself (the flags are its state).
 
 mod expiry;
 mod leasing;

@@ -1,10 +1,12 @@
 //! `RegisterWorker`, `DisconnectWorker`, `DrainWorker` and `Renew`: the workers' own records and
-//! the heartbeat that keeps their leases alive.
+//! the heartbeat that keeps their leases alive. `OpenSession` and `CloseSession` (feature
+//! `fenced_sessions`) are the same registration and disconnect, fenced by a session identity.
 
 use kiln_types::{TaskId, WorkerId};
 
 use crate::command::{Outcome, Rejection, WorkerSpec};
 use crate::engine::Step;
+use crate::features::FENCED_SESSIONS;
 use crate::records::WorkerRecord;
 use crate::Ledger;
 
@@ -55,5 +57,32 @@ impl Ledger {
             });
         }
         Outcome::Count(held.len() as u64)
+    }
+
+    /// `OpenSession`: registers the worker under a new session identity.
+    pub(crate) fn open_session(&mut self, spec: WorkerSpec, step: &mut Step) -> Result<Outcome, Rejection> {
+        self.features.require(FENCED_SESSIONS, "OpenSession")?;
+        let session = self.features.open_session(&spec.id);
+        self.register(spec, step);
+        Ok(Outcome::SessionOpened { session })
+    }
+
+    /// `CloseSession`: disconnects the worker only if `session` is still its current one; the
+    /// close of a replaced session is `Reported { accepted: false }` and changes nothing.
+    pub(crate) fn close_session(
+        &mut self,
+        worker: &WorkerId,
+        session: u64,
+        step: &mut Step,
+    ) -> Result<Outcome, Rejection> {
+        self.features.require(FENCED_SESSIONS, "CloseSession")?;
+        if !self.workers.contains_key(worker) {
+            return Err(Rejection::UnknownWorker(worker.clone()));
+        }
+        let current = self.features.close_session(worker, session);
+        if current {
+            self.with_worker(worker, step, |w| w.connected = false)?;
+        }
+        Ok(Outcome::Reported { accepted: current })
     }
 }

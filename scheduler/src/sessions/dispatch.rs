@@ -173,8 +173,13 @@ impl Hub {
     async fn register_again(&self, worker: &WorkerId) {
         let Some(spec) = self.registry.with(worker, |s| s.spec.clone()) else { return };
         tracing::warn!(%worker, "the ledger had this connected worker as disconnected; registering it again");
-        if let Err(e) = self.handle.propose(Command::RegisterWorker { spec }).await {
-            tracing::debug!(%worker, error = %e, "registration not proposed");
+        match crate::upgrade::register_session(&self.handle, spec).await {
+            Ok(Ok(Some(session))) => {
+                self.registry.with(worker, |s| s.ledger_session = Some(session));
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(r)) => tracing::debug!(%worker, rejection = %r, "registration refused"),
+            Err(e) => tracing::debug!(%worker, error = %e, "registration not proposed"),
         }
         self.wake.notify_one();
     }

@@ -24,6 +24,9 @@ pub struct Session {
     /// Distinguishes this connection from a later reconnect of the same worker, so the old
     /// stream's cleanup never removes the new one.
     pub conn: u64,
+    /// The ledger's identity of this session once `fenced_sessions` is enabled (`None`: it was
+    /// registered unfenced): its close quotes it, so a late close cannot disconnect a newer one.
+    pub ledger_session: Option<u64>,
     pub tx: Outbound,
     /// As registered, to register again if the ledger ever says this live session's worker is
     /// disconnected (the close of an older stream can commit after this one's registration).
@@ -43,6 +46,7 @@ impl Session {
     pub fn new(conn: u64, tx: Outbound, spec: WorkerSpec) -> Self {
         Self {
             conn,
+            ledger_session: None,
             tx,
             spec,
             want: 0,
@@ -108,15 +112,12 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes `worker`'s session if it is still connection `conn`; true if it was.
-    pub fn remove_if_current(&self, worker: &WorkerId, conn: u64) -> bool {
+    /// Removes `worker`'s session if it is still connection `conn`, returning it.
+    pub fn remove_if_current(&self, worker: &WorkerId, conn: u64) -> Option<Session> {
         let mut inner = self.lock();
         match inner.sessions.get(worker) {
-            Some(s) if s.conn == conn => {
-                inner.sessions.remove(worker);
-                true
-            }
-            _ => false,
+            Some(s) if s.conn == conn => inner.sessions.remove(worker),
+            _ => None,
         }
     }
 

@@ -64,8 +64,8 @@ impl WorkerSession for SessionService {
         let spec = convert::spec_from_hello(hello).map_err(convert::Invalid::from)?;
         let worker = spec.id.clone();
         let hub = self.hub.clone();
-        hub.handle
-            .propose(Command::RegisterWorker { spec: spec.clone() })
+        // Fenced (`OpenSession`) once the cluster enabled `fenced_sessions`, `RegisterWorker` before.
+        let ledger_session = crate::upgrade::register_session(&hub.handle, spec.clone())
             .await
             .map_err(from_propose)?
             .map_err(from_rejection)?;
@@ -73,7 +73,8 @@ impl WorkerSession for SessionService {
         let welcome = convert::welcome_to_pb(hub.config.lease_ttl, hub.config.heartbeat_interval, hub.config.node_id);
         let _ = tx.send(Ok(welcome)).await;
         let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-        if hub.registry.insert(worker.clone(), Session::new(conn, tx.clone(), spec)).is_err() {
+        let session = Session { ledger_session, ..Session::new(conn, tx.clone(), spec) };
+        if hub.registry.insert(worker.clone(), session).is_err() {
             return Err(Status::unavailable("this scheduler is shutting down"));
         }
         tracing::info!(%worker, "worker session opened");
@@ -160,9 +161,9 @@ impl Hub {
                 self.spawn(self.clone().handle_reports(worker.clone(), tx.clone(), reports));
             }
         }
-        if self.registry.remove_if_current(&worker, conn) {
+        if let Some(session) = self.registry.remove_if_current(&worker, conn) {
             tracing::info!(%worker, "worker session closed");
-            let _ = self.handle.propose(Command::DisconnectWorker { worker }).await;
+            let _ = self.handle.propose(crate::upgrade::close_command(worker, session.ledger_session)).await;
         }
     }
 
