@@ -237,6 +237,7 @@ fn a_snapshot_encodes_to_its_golden_bytes_and_back() {
     assert_eq!(decoded.members, members);
     assert!(decoded.ledger == ledger, "the fixture decodes to the same ledger");
     decoded.ledger.check_invariants().expect("indexes rebuilt");
+    assert_eq!(decoded.ledger.digest(), ledger.digest(), "the digest survives a snapshot");
 }
 
 /// Decoding never guesses: whatever it does not understand is an error that says what and where.

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use handle::Handle;
-pub use node::{ledger_digest, MemberChange, MembershipOutcome, NodeStatus, ProposeError};
+pub use node::{MemberChange, MembershipOutcome, NodeStatus, ProposeError};
 pub use status::LEADER_METADATA;
 
 #[derive(Debug, Error)]
