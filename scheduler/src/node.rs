@@ -490,13 +490,13 @@ impl Node {
         }
     }
 
-    #[cfg(test)]
     /// Proposes raw entry bytes, as a leader on another build might: for decode-or-halt tests.
     #[cfg(test)]
     pub(crate) fn propose_raw(&mut self, data: Vec<u8>) -> Result<(), raft::Error> {
         self.raw.propose(Vec::new(), data)
     }
 
+    #[cfg(test)]
     pub(crate) fn ledger(&self) -> &Ledger {
         &self.ledger
     }

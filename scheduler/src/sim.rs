@@ -645,7 +645,8 @@ fn a_node_that_cannot_decode_a_committed_entry_halts() {
     let mut unknown_version = codec::encode_batch(codec::FORMAT_VERSION, &readable).unwrap_or_else(|e| panic!("{e}"));
     unknown_version[4..6].copy_from_slice(&2u16.to_le_bytes());
 
-    let cases: [(Vec<u8>, &str, fn(&Error) -> bool); 2] = [
+    type Case = (Vec<u8>, &'static str, fn(&Error) -> bool);
+    let cases: [Case; 2] = [
         (unknown_tag, "an unknown command tag", |e| {
             matches!(e, Error::UnknownCommand { tag: 999, index: 0, version: 1 })
         }),
