@@ -470,7 +470,7 @@ impl Node {
         if tick {
             self.raw.tick();
             self.housekeeping();
-            if self.ticks % 20 == 0 {
+            if self.ticks.is_multiple_of(20) {
                 self.disk_bytes = self.raw.store().size_on_disk();
             }
             self.ticks += 1;

@@ -28,7 +28,7 @@ fn finished(t: &v1::StateCounts) -> u64 {
 
 pub fn status_json(s: &v1::StatusResponse) -> serde_json::Value {
     let counts = |c: &Option<v1::StateCounts>| {
-        let c = c.clone().unwrap_or_default();
+        let c = c.unwrap_or_default();
         serde_json::json!({
             "queued": c.queued, "retrying": c.retrying, "leased": c.leased, "succeeded": c.succeeded,
             "dead_lettered": c.dead_lettered, "cancelled": c.cancelled,
@@ -69,8 +69,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     if ctx.output == OutputFormat::Json {
         return output::json(&status_json(&s));
     }
-    let total = s.total.clone().unwrap_or_default();
-    let live = s.live.clone().unwrap_or_default();
+    let total = s.total.unwrap_or_default();
+    let live = s.live.unwrap_or_default();
     let remaining = s.submitted_total.saturating_sub(finished(&total));
     println!(
         "submitted {}  finished {}  remaining {}  (eta {})",
@@ -132,7 +132,7 @@ async fn watch(client: &mut kiln_proto::Client, interval: Duration) -> anyhow::R
     let started = Instant::now();
     loop {
         let s = fetch(client).await?;
-        let total = s.total.clone().unwrap_or_default();
+        let total = s.total.unwrap_or_default();
         let done = finished(&total);
         bar.set_length(s.submitted_total);
         bar.set_position(done);
