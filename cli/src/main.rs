@@ -9,7 +9,7 @@ mod manifest;
 mod output;
 mod signals;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::output::OutputFormat;
 
@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long, global = true, env = "KILN_SCHEDULER", value_delimiter = ',', default_value = "http://127.0.0.1:7450")]
     scheduler: Vec<String>,
 
-    /// Output format of listing commands.
+    /// Output format of every command's result, and of its error (a JSON object on stderr).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
 
@@ -79,13 +79,30 @@ enum Command {
     Cluster(cmd::cluster::Args),
     /// Prove nothing was lost: every task in one terminal state, replicas identical.
     Audit(cmd::audit::Args),
+    /// Print shell completions: `kiln completion bash|zsh|fish|elvish|powershell`.
+    Completion(cmd::completion::CompletionArgs),
+    /// Write man pages for kiln and every command into a directory.
+    Man(cmd::completion::ManArgs),
+}
+
+/// `kiln --version`: the version, the commit it was built from and the renderers compiled in.
+fn version_text() -> String {
+    format!(
+        "{} (commit {})\nrenderers: {}\nbuild: {}, {}",
+        env!("CARGO_PKG_VERSION"),
+        kiln_proto::metrics::COMMIT,
+        kiln_render::available_renderers().join(", "),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        std::env::consts::ARCH
+    )
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Colour only on a terminal: container and journald logs must stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org): container
+    // and journald logs must stay plain text.
+    let ansi = output::colour() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
@@ -94,7 +111,14 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // The version text is computed (commit, renderers), so clap gets it as a leaked &'static str
+    // once per process.
+    let version: &'static str = Box::leak(version_text().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // Server processes log at info; client commands stay quiet unless something is wrong.
     let level = match cli.command {
         Command::Scheduler(_) | Command::Worker(_) => "info",
@@ -108,12 +132,31 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let output = cli.output;
+    match cli.command {
+        Command::Completion(a) => {
+            cmd::completion::completion(Cli::command(), a);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Command::Man(a) => {
+            return match cmd::completion::man(Cli::command().version(version), &a) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => fail(output, &e),
+            };
+        }
+        _ => {}
+    }
     let ctx = cmd::Context { schedulers: cli.scheduler, output: cli.output };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo(a) => cmd::demo::run(&ctx, a).await,
             Command::Run(a) => cmd::run::run(&ctx, a).await,
-            Command::Analyze(a) => cmd::analyze::run(a).await,
+            Command::Analyze(a) => cmd::analyze::run(&ctx, a).await,
             Command::Scheduler(a) => cmd::scheduler::run(a).await,
             Command::Worker(a) => cmd::worker::run(&ctx, a).await,
             Command::Submit(a) => cmd::submit::run(&ctx, a).await,
@@ -125,19 +168,29 @@ fn main() -> std::process::ExitCode {
             Command::Workers(a) => cmd::workers::run(&ctx, a).await,
             Command::Cluster(a) => cmd::cluster::run(&ctx, a).await,
             Command::Audit(a) => cmd::audit::run(&ctx, a).await,
+            Command::Completion(_) | Command::Man(_) => Ok(()),
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(exit_code(&e))
-        }
+        Err(e) => fail(output, &e),
     }
 }
 
-/// 1 for most errors; a scheduler node that stopped on its storage says why in its code
-/// (74 disk full or I/O error, 65 damaged data directory, 70 a bug), as docs/operations.md lists.
+/// Reports `e` on stderr: one line with its causes, or with `-o json` a JSON object
+/// `{"error": "...", "causes": [...]}` a script can parse. Exits 1 for most errors; a scheduler
+/// node that stopped on its storage says why in its code (74 disk full or I/O error, 65 damaged
+/// data directory, 70 a bug), as docs/operations.md lists.
+fn fail(output: OutputFormat, e: &anyhow::Error) -> std::process::ExitCode {
+    if output == OutputFormat::Json {
+        let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+        eprintln!("{}", serde_json::json!({ "error": e.to_string(), "causes": causes }));
+    } else {
+        eprintln!("error: {e:#}");
+    }
+    std::process::ExitCode::from(exit_code(e))
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     e.chain()
         .find_map(|cause| {

@@ -52,12 +52,9 @@ fn life_cycle(c: &mut Criterion) {
                     l.apply(Command::Submit { jobs: chunk.to_vec() }, 1);
                 }
                 let mut now = 2;
-                loop {
-                    let Ok(Outcome::Leased(leases)) =
-                        l.apply(Command::Lease { worker: worker.clone(), max: 64 }, now).outcome
-                    else {
-                        break;
-                    };
+                while let Ok(Outcome::Leased(leases)) =
+                    l.apply(Command::Lease { worker: worker.clone(), max: 64 }, now).outcome
+                {
                     if leases.is_empty() {
                         break;
                     }

@@ -132,7 +132,8 @@ impl Ledger {
         Applied { outcome, effects: step.effects }
     }
 
-    /// The one way a stored task changes: out of its old indexes, `change`, into the new ones.
+    /// The one way a stored task changes: out of its old indexes (and its hash out of the
+    /// digest), `change`, into the new ones.
     pub(crate) fn transition<R>(&mut self, id: TaskId, change: impl FnOnce(&mut Task) -> R) -> Option<R> {
         let task = self.tasks.get_mut(&id)?;
         self.ix.remove(task);
@@ -142,8 +143,10 @@ impl Ledger {
         self.ix.insert(task);
         if old_worker != new_worker {
             for (worker, delta) in [(old_worker, -1i64), (new_worker, 1)] {
-                if let Some(record) = worker.and_then(|w| self.workers.get_mut(&w)) {
-                    record.leased = (i64::from(record.leased) + delta).max(0) as u32;
+                if let Some(worker) = worker {
+                    self.update_worker(&worker, |record| {
+                        record.leased = (i64::from(record.leased) + delta).max(0) as u32;
+                    });
                 }
             }
         }
@@ -161,14 +164,14 @@ impl Ledger {
     /// Appends a history event to a task (the attempt number is the task's own).
     pub(crate) fn record(&mut self, id: TaskId, at: Millis, note: Note) {
         let max = self.config.max_history;
-        if let Some(task) = self.tasks.get_mut(&id) {
+        self.transition(id, |task| {
             let attempt = match note.kind {
                 EventKind::Leased => task.attempts + 1,
                 _ => task.attempts,
             };
             let event = HistoryEvent { at, kind: note.kind, worker: note.worker, attempt, detail: note.detail };
             Self::push_history(max, task, event);
-        }
+        });
     }
 
     pub(crate) fn take_ready_seq(&mut self) -> u64 {
@@ -292,7 +295,7 @@ impl Ledger {
     }
 
     pub(crate) fn rebuilt_indexes(&self) -> Indexes {
-        Indexes::build(&self.tasks)
+        Indexes::build(&self.tasks, &self.workers)
     }
 }
 

@@ -125,7 +125,9 @@ fn enabled_flags_and_sessions_survive_a_snapshot_and_change_the_digest() {
     let mut ledger = Ledger::new(LedgerConfig::default());
     ledger.apply(Command::RegisterWorker { spec: spec("w1") }, NOW);
     let before = ledger.to_snapshot();
+    let digest_before = ledger.digest();
     enable(&mut ledger).expect("enabled");
+    assert_ne!(ledger.digest(), digest_before, "replicas comparing digests see the flag");
     let session = open(&mut ledger, "w2");
     let bytes = ledger.to_snapshot();
     assert_ne!(bytes, before, "replicas comparing snapshots see the flag");
@@ -133,6 +135,7 @@ fn enabled_flags_and_sessions_survive_a_snapshot_and_change_the_digest() {
     assert!(restored.features().is_enabled(FENCED_SESSIONS));
     assert_eq!(restored.features().session_of(&wid("w2")), Some(session));
     assert_eq!(restored, ledger);
+    assert_eq!(restored.digest(), ledger.digest());
     // The next identity continues after the restored one, never reusing it.
     let mut restored = restored;
     assert!(open(&mut restored, "w2") > session);

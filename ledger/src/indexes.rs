@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_types::{QueueName, RequestId, TaskId, WorkerId};
 
-use crate::records::{QueueCounts, StateCounts};
+use crate::digest::RecordSums;
+use crate::records::{QueueCounts, StateCounts, WorkerRecord};
 use crate::task::{Task, TaskState};
 use crate::Millis;
 
@@ -32,11 +33,14 @@ pub(crate) struct Indexes {
     pub(crate) finished: BTreeSet<(Millis, TaskId)>,
     pub(crate) counts: StateCounts,
     pub(crate) queue_counts: BTreeMap<QueueName, QueueCounts>,
+    /// The record hashes behind the ledger's digest (see `digest`).
+    pub(crate) sums: RecordSums,
 }
 
 impl Indexes {
-    pub(crate) fn build(tasks: &BTreeMap<TaskId, Box<Task>>) -> Self {
+    pub(crate) fn build(tasks: &BTreeMap<TaskId, Box<Task>>, workers: &BTreeMap<WorkerId, WorkerRecord>) -> Self {
         let mut ix = Indexes::default();
+        ix.sums.set_workers(RecordSums::of_workers(workers.values()));
         for task in tasks.values() {
             ix.by_request.insert(task.job.request_id.clone(), task.id);
             ix.insert(task);
@@ -52,6 +56,7 @@ impl Indexes {
 
     /// Adds `task` to the indexes of its current state.
     pub(crate) fn insert(&mut self, task: &Task) {
+        self.sums.add_task(task);
         *self.counts.slot(task.state) += 1;
         let queue = &task.job.queue;
         match task.state {
@@ -81,6 +86,7 @@ impl Indexes {
 
     /// Removes `task` from the indexes of its current state (the exact inverse of `insert`).
     pub(crate) fn remove(&mut self, task: &Task) {
+        self.sums.remove_task(task);
         *self.counts.slot(task.state) -= 1;
         let queue = &task.job.queue;
         match task.state {

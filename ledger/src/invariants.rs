@@ -67,6 +67,8 @@ pub(crate) fn check(ledger: &Ledger) -> Result<(), String> {
             "leases per worker".to_owned()
         } else if rebuilt.queue_counts != ix.queue_counts {
             format!("queue counts {:?} != {:?}", ix.queue_counts, rebuilt.queue_counts)
+        } else if rebuilt.sums != ix.sums {
+            "the record hashes behind the digest (a change bypassed transition or update_worker)".to_owned()
         } else {
             "deadline, backoff, request or finished index".to_owned()
         };

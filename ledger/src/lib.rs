@@ -28,6 +28,8 @@
 //!   cancel, dead letters, GC; workers).
 //! - `queries`: the read API ([`TaskFilter`], listings, counts, timers).
 //! - `planning`: the pure work-stealing and backup plans.
+//! - `digest`: [`Ledger::digest`], kept up to date by every command so that comparing replicas
+//!   costs O(1).
 //! - [`codec`]: the versioned wire and disk format of log entries and snapshots, with its
 //!   command tag table (described in `docs/formats.md`).
 //! - [`features`]: feature flags for rolling upgrades: the registry, what a build supports, and
@@ -37,6 +39,7 @@
 pub mod codec;
 pub mod command;
 mod config;
+mod digest;
 mod engine;
 pub mod features;
 mod handlers;

@@ -367,12 +367,10 @@ fn listing_filters_and_paginates() {
 fn history_is_bounded_but_keeps_the_submission() {
     let mut l = ledger_with_worker(&["w"]);
     let id = submit(&mut l, vec![EncodeJob { max_attempts: 100, ..job(1) }], 0)[0];
-    let mut now = 0;
-    for _ in 0..20 {
+    for now in 0..20 {
         let got = lease(&mut l, "w", 1, now);
         let refs = vec![(got[0].task, got[0].lease_seq)];
         report(&mut l, Command::Release { worker: wid("w"), leases: refs, reason: "x".into() }, now);
-        now += 1;
     }
     let t = l.task(id).expect("task");
     assert_eq!(t.history.len(), 8);

@@ -61,14 +61,22 @@ pub fn mirex(reference: Key, estimate: Key) -> f64 {
         1.0
     } else if reference.minor == estimate.minor && ((e - r).rem_euclid(12) == 7 || (e - r).rem_euclid(12) == 5) {
         0.5
-    } else if !reference.minor && estimate.minor && (r - e).rem_euclid(12) == 3 {
-        0.3
-    } else if reference.minor && !estimate.minor && (e - r).rem_euclid(12) == 3 {
+    } else if relative(reference, estimate) {
         0.3
     } else if reference.tonic == estimate.tonic {
         0.2
     } else {
         0.0
+    }
+}
+
+/// The relative major or minor: a major key's relative minor sits three semitones below it.
+fn relative(reference: Key, estimate: Key) -> bool {
+    let (r, e) = (i32::from(reference.tonic), i32::from(estimate.tonic));
+    match (reference.minor, estimate.minor) {
+        (false, true) => (r - e).rem_euclid(12) == 3,
+        (true, false) => (e - r).rem_euclid(12) == 3,
+        _ => false,
     }
 }
 

@@ -83,7 +83,7 @@ pub fn peaks(audio: &Audio, samples_per_pixel: u32) -> Peaks {
 impl Peaks {
     /// A coarser zoom level merged from this one; `samples_per_pixel` must be a multiple of ours.
     pub fn merge(&self, samples_per_pixel: u32) -> Option<Peaks> {
-        if self.samples_per_pixel == 0 || samples_per_pixel % self.samples_per_pixel != 0 {
+        if self.samples_per_pixel == 0 || !samples_per_pixel.is_multiple_of(self.samples_per_pixel) {
             return None;
         }
         let factor = (samples_per_pixel / self.samples_per_pixel) as usize;

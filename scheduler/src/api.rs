@@ -180,7 +180,8 @@ impl Scheduler for Api {
         let response = self
             .handle
             .read(move |l, status| v1::ClusterResponse {
-                ledger_digest: crate::ledger_digest(l),
+                // O(1): kept up to date by every command, not computed from the whole ledger.
+                ledger_digest: l.digest(),
                 support: Some(crate::upgrade::support_to_pb(&support, l.features())),
                 ..convert::cluster_to_pb(status)
             })

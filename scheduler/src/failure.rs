@@ -50,9 +50,8 @@ pub struct NodeFailure {
 }
 
 /// The advice printed when this release cannot apply the cluster's data.
-pub(crate) const UNSUPPORTED_ADVICE: &str = "this release cannot apply what the cluster committed: run the newer \
-release on this node (its data directory is intact: do not move it aside; a cluster cannot be rolled back past \
-an enabled feature flag, see 'Upgrade (rolling)' in docs/operations.md)";
+pub(crate) const UNSUPPORTED_ADVICE: &str = "run the newer release on this node: its data directory is intact \
+(do not move it aside), see 'Upgrade (rolling)' in docs/operations.md";
 
 /// The advice printed with a damaged data directory.
 pub(crate) const CORRUPT_ADVICE: &str = "the data directory is damaged: move it aside (keep it for a post-mortem), \
@@ -216,7 +215,7 @@ mod tests {
             assert_eq!((f.kind.clone(), f.exit_code()), (FailureKind::Unsupported, 65));
             assert!(f.message.contains("fenced_sessions"), "{}", f.message);
             assert!(f.message.contains("run the newer release"), "{}", f.message);
-            assert!(!f.message.contains("move it aside;"), "the data is not damaged: {}", f.message);
+            assert!(!f.message.contains(CORRUPT_ADVICE), "the data is not damaged: {}", f.message);
         }
     }
 

@@ -52,7 +52,7 @@ use tokio::task::JoinSet;
 
 pub use failure::{FailureKind, NodeFailure};
 pub use handle::Handle;
-pub use node::{ledger_digest, MemberChange, MembershipOutcome, NodeStatus, ProposeError};
+pub use node::{MemberChange, MembershipOutcome, NodeStatus, ProposeError};
 pub use status::LEADER_METADATA;
 pub use upgrade::VERSION;
 

@@ -252,14 +252,6 @@ fn recover_alone(log: &mut RaftLog, config: &NodeConfig) -> Result<(), StartErro
     Ok(())
 }
 
-/// A stable 64-bit digest (FNV-1a) of the ledger, so replicas can be compared without shipping it.
-pub fn ledger_digest(ledger: &Ledger) -> u64 {
-    ledger
-        .to_snapshot()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// Why the node thread stopped serving. Each leaves the node unable to promise what it stores.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -493,7 +485,7 @@ impl Node {
         if tick {
             self.raw.tick();
             self.housekeeping();
-            if self.ticks % 20 == 0 {
+            if self.ticks.is_multiple_of(20) {
                 self.disk_bytes = self.raw.store().size_on_disk();
             }
             self.ticks += 1;
@@ -516,13 +508,13 @@ impl Node {
         }
     }
 
-    #[cfg(test)]
     /// Proposes raw entry bytes, as a leader on another build might: for decode-or-halt tests.
     #[cfg(test)]
     pub(crate) fn propose_raw(&mut self, data: Vec<u8>) -> Result<(), raft::Error> {
         self.raw.propose(Vec::new(), data)
     }
 
+    #[cfg(test)]
     pub(crate) fn ledger(&self) -> &Ledger {
         &self.ledger
     }

@@ -25,7 +25,7 @@ use kiln_types::{AssetGuid, EncodeJob, QueueName, RendererName, RequestId, TaskI
 use raft::prelude::{Message, MessageType};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::{ledger_digest, Node, NodeConfig, NodeEvent, ProposeError, Request, RunError, Transport};
+use crate::node::{Node, NodeConfig, NodeEvent, ProposeError, Request, RunError, Transport};
 
 const ROUND_MS: Millis = 50;
 
@@ -439,7 +439,7 @@ impl Sim {
                 panic!("seed {}: node {} ledger invariant broken at round {}: {e}", self.seed, n.id, self.round);
             }
             let applied = node.node_status().applied_index;
-            let digest = ledger_digest(ledger);
+            let digest = ledger.digest();
             let seen = *self.digests.entry(applied).or_insert(digest);
             assert_eq!(seen, digest, "seed {}: node {} diverged at applied index {applied}", self.seed, n.id);
         }
@@ -450,7 +450,7 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|n| n.node.as_ref())
-            .map(|node| (node.node_status().applied_index, ledger_digest(node.ledger())))
+            .map(|node| (node.node_status().applied_index, node.ledger().digest()))
             .collect();
         views.len() == self.nodes.len() && views.windows(2).all(|w| w[0] == w[1]) && self.oracle.pending.is_empty()
     }
@@ -649,7 +649,8 @@ fn a_node_that_cannot_decode_a_committed_entry_halts() {
     let mut unknown_version = codec::encode_batch(codec::FORMAT_VERSION, &readable).unwrap_or_else(|e| panic!("{e}"));
     unknown_version[4..6].copy_from_slice(&2u16.to_le_bytes());
 
-    let cases: [(Vec<u8>, &str, fn(&Error) -> bool); 2] = [
+    type Case = (Vec<u8>, &'static str, fn(&Error) -> bool);
+    let cases: [Case; 2] = [
         (unknown_tag, "an unknown command tag", |e| {
             matches!(e, Error::UnknownCommand { tag: 999, index: 0, version: 1 })
         }),

@@ -144,7 +144,7 @@ fn three_peers() -> (Vec<u16>, Vec<PeerOptions>) {
 }
 
 async fn digest(node: &Running) -> (u64, u64) {
-    node.handle().read(|l, s| (s.applied_index, kiln_scheduler::ledger_digest(l))).await.expect("read")
+    node.handle().read(|l, s| (s.applied_index, l.digest())).await.expect("read")
 }
 
 /// Waits until every node has applied the same index and holds the same ledger.

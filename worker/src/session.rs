@@ -427,13 +427,21 @@ impl Session {
                         status_open = false;
                         Ok(())
                     } else {
-                        status = self.status.borrow_and_update().clone();
+                        let next = self.status.borrow_and_update().clone();
+                        // The scheduler takes what it assigns off the last Want until the next one
+                        // arrives. So the count is said again whenever the held leases change:
+                        // an assignment that arrives together with as many completions leaves
+                        // the count as it was, and unsaid, the scheduler would wait for a Want
+                        // that never comes.
+                        let held_changed = next.held != status.held;
+                        status = next;
                         let mut r = Ok(());
                         if status.draining && !sent_drain {
                             sent_drain = true;
                             r = out.send(Up::Drain(v1::Drain {}));
                         }
-                        if !status.draining && last_want != Some(status.want) {
+                        let again = held_changed && status.want > 0;
+                        if !status.draining && (last_want != Some(status.want) || again) {
                             last_want = Some(status.want);
                             r = r.and(out.send(Up::Want(v1::Want { count: status.want })));
                         }

@@ -23,8 +23,9 @@ pub struct Args {
     /// Audio files (WAV, AIFF, FLAC, MP3).
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Csv)]
-    format: Format,
+    /// CSV (the default) or JSON; `-o json` also selects JSON.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
     /// Parallel analyses (default: available cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -94,7 +95,7 @@ fn cell(v: &Value) -> String {
     }
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(ctx: &crate::cmd::Context, args: Args) -> anyhow::Result<()> {
     let available = kiln_render::available_renderers();
     let renderers: Vec<&str> = ["bpm", "key", "loudness"].into_iter().filter(|r| available.contains(r)).collect();
     let pipeline = Pipeline::new(PipelineConfig { limits: DecodeLimits::default(), artwork_sizes: Vec::new() });
@@ -120,7 +121,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await?;
     let failed = rows.iter().filter(|r| !r["error"].is_null()).count();
-    match args.format {
+    let json_output = ctx.output == crate::output::OutputFormat::Json;
+    match args.format.unwrap_or(if json_output { Format::Json } else { Format::Csv }) {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());

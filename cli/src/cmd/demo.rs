@@ -17,9 +17,10 @@ use crate::output::{self, OutputFormat};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where the synthesized masters and their derivatives go.
-    #[arg(long, default_value = "kiln-demo")]
-    out: PathBuf,
+    /// Where the synthesized masters and their derivatives go (default: `kiln-demo` in the OS
+    /// temporary directory, so a run inside a checkout leaves nothing behind in it).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Seconds of audio per master.
     #[arg(long, default_value_t = 30.0)]
     seconds: f64,
@@ -38,11 +39,13 @@ const TRACKS: &[(&str, f64, &str)] = &[
 ];
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let masters = args.out.join("masters");
-    let derivatives = args.out.join("derivatives");
+    let out = args.out.clone().unwrap_or_else(|| std::env::temp_dir().join("kiln-demo"));
+    let masters = out.join("masters");
+    let derivatives = out.join("derivatives");
     std::fs::create_dir_all(&masters).with_context(|| format!("cannot create {}", masters.display()))?;
     let json = ctx.output == OutputFormat::Json;
     if !json {
+        println!("Writing the demo under {} (choose another place with --out)", out.display());
         println!("Synthesizing {} masters ({:.0} s each) into {}", TRACKS.len(), args.seconds, masters.display());
     }
     let mut expected = Vec::new();
@@ -95,7 +98,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
     let succeeded = outcome.tasks.iter().filter(|t| t.state == TaskState::Succeeded).count();
     if json {
-        output::json(&serde_json::json!({ "masters": report, "elapsed_secs": outcome.elapsed.as_secs_f64() }))?;
+        output::json(
+            &serde_json::json!({ "out": out, "masters": report, "elapsed_secs": outcome.elapsed.as_secs_f64() }),
+        )?;
     } else {
         println!();
         output::table(&["MASTER", "STATE", "BPM", "DETECTED", "KEY", "DETECTED", "CAMELOT", "LUFS"], &rows);

@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod audit;
 pub mod cluster;
+pub mod completion;
 pub mod demo;
 pub mod dlq;
 pub mod features;
@@ -97,4 +98,53 @@ pub fn task_json(t: &v1::Task) -> serde_json::Value {
             "at": crate::output::ms_to_rfc3339(h.at_ms), "kind": h.kind, "worker": h.worker, "attempt": h.attempt, "detail": h.detail,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The configuration file to read: the one given (`--config` or `KILN_CONFIG`), else the first
+/// that exists of `$XDG_CONFIG_HOME/kiln/kiln.toml` (`~/.config/kiln/kiln.toml`) and
+/// `/etc/kiln/kiln.toml`, else none (defaults and environment only).
+pub fn config_path(given: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    if given.is_some() {
+        return given;
+    }
+    let user = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")));
+    user.map(|d| d.join("kiln").join("kiln.toml"))
+        .into_iter()
+        .chain(std::iter::once(std::path::PathBuf::from("/etc/kiln/kiln.toml")))
+        .find(|p| p.is_file())
+}
+
+/// `--watch` for listings: print again every `--interval` until Ctrl-C (with `-o json`, one JSON
+/// document per refresh; on a terminal, the screen is cleared first).
+#[derive(clap::Args, Clone, Copy)]
+pub struct Watch {
+    /// Refresh the listing until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Refresh interval for --watch.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+}
+
+impl Watch {
+    pub async fn repeat<F, Fut>(&self, output: OutputFormat, mut show: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        if !self.watch {
+            return show().await;
+        }
+        let clear = output == OutputFormat::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        loop {
+            if clear {
+                print!("\x1b[2J\x1b[H");
+            }
+            show().await?;
+            tokio::time::sleep(self.interval).await;
+        }
+    }
 }

@@ -182,8 +182,10 @@ pub async fn execute(
     let total = plan.jobs.len() as u64;
     let bar = if show_progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {bar:40.cyan/blue} {pos}/{len} masters  {msg}  [{elapsed_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&crate::output::bar_template(
+            "{spinner} {bar:40.cyan/blue} {pos}/{len} masters  {msg}  [{elapsed_precise}]",
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     loop {
         let counts = match handle.read(|l, _| l.counts()).await {

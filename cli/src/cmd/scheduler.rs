@@ -8,8 +8,9 @@ use anyhow::Context as _;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// TOML configuration (section [scheduler]); env KILN_SCHEDULER__<KEY> overrides it.
-    #[arg(long, short)]
+    /// TOML configuration (section [scheduler]); env KILN_SCHEDULER__<KEY> overrides it. Default: $KILN_CONFIG,
+    /// else the first of $XDG_CONFIG_HOME/kiln/kiln.toml (~/.config/…) and /etc/kiln/kiln.toml that exists.
+    #[arg(long, short, env = "KILN_CONFIG")]
     config: Option<PathBuf>,
     /// Where the Raft log and snapshots live.
     #[arg(long)]
@@ -37,7 +38,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut opts = kiln_config::load(args.config.as_deref(), std::env::vars())?;
+    let mut opts = kiln_config::load(crate::cmd::config_path(args.config).as_deref(), std::env::vars())?;
     let s = &mut opts.scheduler;
     if let Some(v) = args.data_dir {
         s.data_dir = v;

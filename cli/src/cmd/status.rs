@@ -10,7 +10,8 @@ use crate::output::{self, OutputFormat};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Keep a live progress bar until every submitted task has finished (Ctrl-C to stop).
+    /// Keep a live progress bar until every submitted task has finished (Ctrl-C to stop). Exits
+    /// non-zero if tasks were dead-lettered while it watched, so a script can stop there.
     #[arg(long)]
     watch: bool,
     /// Refresh interval for --watch.
@@ -28,7 +29,7 @@ fn finished(t: &v1::StateCounts) -> u64 {
 
 pub fn status_json(s: &v1::StatusResponse) -> serde_json::Value {
     let counts = |c: &Option<v1::StateCounts>| {
-        let c = c.clone().unwrap_or_default();
+        let c = c.unwrap_or_default();
         serde_json::json!({
             "queued": c.queued, "retrying": c.retrying, "leased": c.leased, "succeeded": c.succeeded,
             "dead_lettered": c.dead_lettered, "cancelled": c.cancelled,
@@ -69,8 +70,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     if ctx.output == OutputFormat::Json {
         return output::json(&status_json(&s));
     }
-    let total = s.total.clone().unwrap_or_default();
-    let live = s.live.clone().unwrap_or_default();
+    let total = s.total.unwrap_or_default();
+    let live = s.live.unwrap_or_default();
     let remaining = s.submitted_total.saturating_sub(finished(&total));
     println!(
         "submitted {}  finished {}  remaining {}  (eta {})",
@@ -126,13 +127,15 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
 async fn watch(client: &mut kiln_proto::Client, interval: Duration) -> anyhow::Result<()> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} finished  {msg}")
+        ProgressStyle::with_template(&crate::output::bar_template("{bar:40.cyan/blue} {pos}/{len} finished  {msg}"))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
+    let mut dead_before = None;
     loop {
         let s = fetch(client).await?;
-        let total = s.total.clone().unwrap_or_default();
+        let total = s.total.unwrap_or_default();
+        let dead_before = *dead_before.get_or_insert(total.dead_lettered);
         let done = finished(&total);
         bar.set_length(s.submitted_total);
         bar.set_position(done);
@@ -152,6 +155,10 @@ async fn watch(client: &mut kiln_proto::Client, interval: Duration) -> anyhow::R
                 s.submitted_total,
                 humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
             );
+            let dead = total.dead_lettered.saturating_sub(dead_before);
+            if dead > 0 {
+                anyhow::bail!("{dead} tasks were dead-lettered while watching (`kiln dlq list` says why)");
+            }
             return Ok(());
         }
         tokio::time::sleep(interval).await;

@@ -119,7 +119,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // Pass 1: validate everything, so a bad line is found before anything is admitted.
     let mut bad: Vec<BadLine> = Vec::new();
     let mut total = 0usize;
-    manifest::read(&path, format, |line, job| {
+    manifest::read(path, format, |line, job| {
         total += 1;
         if let Err(reason) = job {
             bad.push(BadLine { line, reason });

@@ -55,7 +55,12 @@ pub fn print_task(t: &v1::Task) {
     println!("  asset_guid   {}", job.asset_guid);
     println!("  renderers    {}", job.derivative_assets.join(", "));
     println!("  queue        {} (priority {})", job.queue, job.priority);
-    println!("  attempts     {} of {}", t.attempts, job.max_attempts);
+    println!("  attempts     {}", attempts_line(t, job.max_attempts));
+    println!("  submitted    {}", output::ms_to_rfc3339(t.submitted_at_ms));
+    println!("  updated      {}", output::ms_to_rfc3339(t.updated_at_ms));
+    if t.ready_at_ms > t.updated_at_ms && state_name(t.state) == "queued" {
+        println!("  retry at     {}", output::ms_to_rfc3339(t.ready_at_ms));
+    }
     if !t.worker.is_empty() {
         println!("  worker       {}", t.worker);
     }
@@ -88,11 +93,21 @@ pub fn print_task(t: &v1::Task) {
                 h.kind.clone(),
                 h.worker.clone(),
                 h.attempt.to_string(),
-                h.detail.clone(),
+                output::detail_with_times(&h.detail),
             ]
         })
         .collect();
     output::table(&["AT", "EVENT", "WORKER", "ATTEMPT", "DETAIL"], &rows);
+}
+
+/// `attempts` counts failed attempts; a succeeded task reads better as the attempt that succeeded.
+fn attempts_line(t: &v1::Task, max: u32) -> String {
+    if state_name(t.state) == "succeeded" {
+        if let Some(h) = t.history.iter().rev().find(|h| h.kind == "succeeded") {
+            return format!("succeeded on attempt {} of {max}", h.attempt.max(1));
+        }
+    }
+    format!("{} failed of {max} allowed", t.attempts)
 }
 
 pub async fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<()> {

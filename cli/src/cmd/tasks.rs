@@ -18,6 +18,8 @@ pub struct Args {
     after: u64,
     #[arg(long, default_value_t = 100)]
     limit: u32,
+    #[command(flatten)]
+    watch: crate::cmd::Watch,
 }
 
 pub async fn list(
@@ -46,15 +48,19 @@ pub async fn list(
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let resp = list(ctx, args.state, args.queue, args.release, args.after, args.limit).await?;
-    if ctx.output == OutputFormat::Json {
-        return output::json(&serde_json::json!({
-            "tasks": resp.tasks.iter().map(task_json).collect::<Vec<_>>(),
-            "next_after": (resp.next_after_id > 0).then_some(resp.next_after_id),
-        }));
-    }
-    print_list(&resp);
-    Ok(())
+    args.watch
+        .repeat(ctx.output, || async {
+            let resp = list(ctx, args.state, args.queue.clone(), args.release, args.after, args.limit).await?;
+            if ctx.output == OutputFormat::Json {
+                return output::json(&serde_json::json!({
+                    "tasks": resp.tasks.iter().map(task_json).collect::<Vec<_>>(),
+                    "next_after": (resp.next_after_id > 0).then_some(resp.next_after_id),
+                }));
+            }
+            print_list(&resp);
+            Ok(())
+        })
+        .await
 }
 
 pub fn print_list(resp: &v1::ListTasksResponse) {

@@ -8,8 +8,9 @@ use crate::cmd::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// TOML configuration (section [worker]); env KILN_WORKER__<KEY> overrides it.
-    #[arg(long, short)]
+    /// TOML configuration (section [worker]); env KILN_WORKER__<KEY> overrides it. Default: $KILN_CONFIG,
+    /// else the first of $XDG_CONFIG_HOME/kiln/kiln.toml (~/.config/…) and /etc/kiln/kiln.toml that exists.
+    #[arg(long, short, env = "KILN_CONFIG")]
     config: Option<PathBuf>,
     /// Worker id (default: the host name).
     #[arg(long)]
@@ -29,7 +30,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let mut opts = kiln_config::load(args.config.as_deref(), std::env::vars())?;
+    let mut opts = kiln_config::load(crate::cmd::config_path(args.config).as_deref(), std::env::vars())?;
     let w = &mut opts.worker;
     // --scheduler (or KILN_SCHEDULER) overrides the file only when given explicitly.
     if std::env::args().any(|a| a.starts_with("--scheduler")) || std::env::var_os("KILN_SCHEDULER").is_some() {

@@ -14,12 +14,18 @@ pub struct Args {
     /// Include workers whose session is closed.
     #[arg(long)]
     all: bool,
+    #[command(flatten)]
+    watch: crate::cmd::Watch,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    args.watch.repeat(ctx.output, || show(ctx, args.all)).await
+}
+
+async fn show(ctx: &Context, all: bool) -> anyhow::Result<()> {
     let mut client = ctx.client()?;
     let resp = client.call(|mut s| async move { s.list_workers(v1::ListWorkersRequest {}).await }).await?;
-    let workers: Vec<_> = resp.workers.into_iter().filter(|w| args.all || w.connected).collect();
+    let workers: Vec<_> = resp.workers.into_iter().filter(|w| all || w.connected).collect();
     if ctx.output == OutputFormat::Json {
         return output::json(&workers.iter().map(|w| serde_json::json!({
             "id": w.id, "hostname": w.hostname, "slots": w.slots, "cores": w.cores, "memory_bytes": w.memory_bytes,

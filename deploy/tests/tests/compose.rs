@@ -130,7 +130,7 @@ fn a_worker_killed_mid_render_loses_nothing() {
     // Docker's own clocks: when the container started, and when it logged its first lease.
     let started_at = docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.container("worker-1")]);
     let logs = c.service_logs("worker-1");
-    let line = logs.lines().filter(|l| l.contains("first lease")).last().unwrap_or_default();
+    let line = logs.lines().rfind(|l| l.contains("first lease")).unwrap_or_default();
     let logged_at = line.split_whitespace().find(|w| w.contains('T') && w.ends_with('Z')).unwrap_or_default();
     match (time_of_day(&started_at), time_of_day(logged_at)) {
         (Some(a), Some(b)) => {

@@ -25,6 +25,8 @@
 //! The encoders take the version to write as an argument because, in a cluster being upgraded, the
 //! version is the one every member has agreed to (a feature flag), not the newest this build
 //! knows: a leader on a new build keeps writing the old version until the flag is enabled.
+//! Format 0 is the headerless postcard of the releases before this codec: read (a node upgraded
+//! from one must read its own data and its old peers' entries), never written; see `v0`.
 //! Adding format 2 means: a `v2` module beside `v1`, 2 appended to [`WRITABLE_VERSIONS`] and
 //! [`READABLE_VERSIONS`], an arm in each dispatch below, and its own golden fixtures
 //! (`tests/golden/v2/`); version 1 keeps decoding as before.
@@ -49,6 +51,7 @@
 
 mod record;
 mod tags;
+mod v0;
 mod v1;
 mod v2;
 
@@ -66,9 +69,9 @@ use crate::{Ledger, Millis};
 pub const FORMAT_VERSION: u16 = 1;
 /// Log entry formats this build can write (what a cluster may agree on while this build is a member).
 pub const WRITABLE_VERSIONS: &[u16] = &[1];
-/// Log entry formats this build can read.
-pub const READABLE_VERSIONS: &[u16] = &[1];
-/// Snapshot formats this build reads and writes (2: with the enabled feature flags).
+/// Log entry formats this build can read (0: the headerless bytes of the release before).
+pub const READABLE_VERSIONS: &[u16] = &[0, 1];
+/// Snapshot formats this build writes (2: with the enabled feature flags); it reads these and 0.
 pub const SNAPSHOT_VERSIONS: &[u16] = &[1, 2];
 
 const ENTRY_MAGIC: [u8; 4] = *b"KLNE";
@@ -142,6 +145,9 @@ pub fn encode_batch(version: u16, batch: &Batch) -> Result<Vec<u8>, Error> {
 
 /// Decodes a log entry of any readable format.
 pub fn decode_batch(bytes: &[u8]) -> Result<Batch, Error> {
+    if is_headerless(bytes) {
+        return v0::decode_batch(bytes);
+    }
     let (version, body) = split_header(Kind::LogEntry, ENTRY_MAGIC, bytes)?;
     let (batch, rest) = match version {
         1 => v1::decode_batch(body)?,
@@ -186,6 +192,9 @@ pub fn snapshot_version(requested: u16, ledger: &Ledger) -> u16 {
 
 /// Decodes a snapshot of any readable format; the ledger's indexes are rebuilt.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
+    if is_headerless(bytes) {
+        return v0::decode_snapshot(bytes);
+    }
     let (version, body) = split_header(Kind::Snapshot, SNAPSHOT_MAGIC, bytes)?;
     let (snapshot, rest) = match version {
         1 => v1::decode_snapshot(body)?,
@@ -215,6 +224,11 @@ impl Ledger {
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, Error> {
         decode_snapshot(bytes).map(|s| s.ledger)
     }
+}
+
+/// Bytes that carry neither header: format 0, written by the releases before this codec.
+fn is_headerless(bytes: &[u8]) -> bool {
+    !bytes.starts_with(&ENTRY_MAGIC) && !bytes.starts_with(&SNAPSHOT_MAGIC)
 }
 
 fn header(magic: [u8; 4], writable: &[u16], version: u16) -> Result<Vec<u8>, Error> {

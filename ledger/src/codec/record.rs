@@ -74,7 +74,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(Ledger, &[u8]), postcard::Error> {
 fn from_record(r: Owned) -> Ledger {
     let tasks: BTreeMap<_, Box<Task>> = r.tasks.into_iter().map(|t| (t.id, Box::new(t))).collect();
     let workers = r.workers.into_iter().map(|w| (w.spec.id.clone(), w)).collect();
-    let ix = Indexes::build(&tasks);
+    let ix = Indexes::build(&tasks, &workers);
     Ledger {
         config: r.config,
         next_task: r.next_task,

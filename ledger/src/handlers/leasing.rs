@@ -44,9 +44,7 @@ impl Ledger {
                 leases.push(lease);
             }
         }
-        if let Some(record) = self.workers.get_mut(worker) {
-            record.last_seen = now;
-        }
+        self.update_worker(worker, |record| record.last_seen = now);
         Ok(Outcome::Leased(leases))
     }
 
@@ -107,16 +105,15 @@ impl Ledger {
                     reason: format!("stolen by idle worker {thief}"),
                 });
             }
-            if let Some(v) = self.workers.get_mut(&victim) {
-                v.stolen_from += 1;
-            }
+            self.update_worker(&victim, |v| v.stolen_from += 1);
             self.steals_total += 1;
             leases.push(lease);
         }
-        if let Some(record) = self.workers.get_mut(thief) {
+        let stole = leases.len() as u64;
+        self.update_worker(thief, |record| {
             record.last_seen = now;
-            record.stole += leases.len() as u64;
-        }
+            record.stole += stole;
+        });
         Ok(Outcome::Leased(leases))
     }
 }

@@ -64,10 +64,10 @@ impl Ledger {
             ""
         };
         self.record(id, now, Note::new(EventKind::Succeeded, Some(worker.clone()), detail));
-        if let Some(record) = self.workers.get_mut(worker) {
+        self.update_worker(worker, |record| {
             record.completed += 1;
             record.last_seen = now;
-        }
+        });
         self.count_rate(now, 1, 0);
         Outcome::Reported { accepted: true }
     }
@@ -77,10 +77,10 @@ impl Ledger {
             return Outcome::Reported { accepted: false };
         }
         let now = step.now;
-        if let Some(record) = self.workers.get_mut(&lease.worker) {
+        self.update_worker(&lease.worker, |record| {
             record.failed += 1;
             record.last_seen = now;
-        }
+        });
         self.count_rate(now, 0, 1);
         self.failed_attempt(lease.task, Failure::Reported { worker: lease.worker, permanent }, error, now);
         Outcome::Reported { accepted: true }

@@ -14,17 +14,19 @@ impl Ledger {
     pub(crate) fn register(&mut self, spec: WorkerSpec, step: &mut Step) -> Outcome {
         let now = step.now;
         let leased = self.ix.by_worker.get(&spec.id).map_or(0, |s| s.len() as u32);
-        match self.workers.get_mut(&spec.id) {
-            Some(record) => {
+        if self.workers.contains_key(&spec.id) {
+            let id = spec.id.clone();
+            self.update_worker(&id, |record| {
                 record.spec = spec;
                 record.connected = true;
                 record.draining = false;
                 record.last_seen = now;
                 record.leased = leased;
-            }
-            None => {
-                self.workers.insert(spec.id.clone(), WorkerRecord::new(spec, now, leased));
-            }
+            });
+        } else {
+            let record = WorkerRecord::new(spec, now, leased);
+            self.ix.sums.add_worker(&record);
+            self.workers.insert(record.spec.id.clone(), record);
         }
         Outcome::Done
     }
@@ -36,18 +38,19 @@ impl Ledger {
         step: &mut Step,
         f: impl FnOnce(&mut WorkerRecord),
     ) -> Result<Outcome, Rejection> {
-        let record = self.workers.get_mut(worker).ok_or_else(|| Rejection::UnknownWorker(worker.clone()))?;
-        record.last_seen = step.now;
-        f(record);
-        Ok(Outcome::Done)
+        let now = step.now;
+        self.update_worker(worker, |record| {
+            record.last_seen = now;
+            f(record);
+        })
+        .map(|()| Outcome::Done)
+        .ok_or_else(|| Rejection::UnknownWorker(worker.clone()))
     }
 
     /// Extends every lease the worker holds to `now + lease_ttl` (never shortening one).
     pub(crate) fn renew(&mut self, worker: &WorkerId, step: &mut Step) -> Outcome {
         let now = step.now;
-        if let Some(record) = self.workers.get_mut(worker) {
-            record.last_seen = now;
-        }
+        self.update_worker(worker, |record| record.last_seen = now);
         let held: Vec<TaskId> = self.ix.by_worker.get(worker).map(|s| s.iter().copied().collect()).unwrap_or_default();
         let deadline = now.saturating_add(self.config.lease_ttl_ms);
         for id in &held {

@@ -32,7 +32,10 @@ pub const BUCKETS: [f64; 15] =
     [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0];
 
 /// The commit this binary was built from (`KILN_COMMIT` at build time, else `git`), or `unknown`.
-pub const COMMIT: &str = env!("KILN_COMMIT");
+pub const COMMIT: &str = match option_env!("KILN_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
 
 /// A latency histogram in seconds with Kiln's buckets. Cloning shares the counts.
 #[derive(Debug, Clone)]

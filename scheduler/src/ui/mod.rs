@@ -172,11 +172,7 @@ async fn workers_page(State(ui): State<Ui>) -> Response {
 
 async fn cluster_page(State(ui): State<Ui>) -> Response {
     let now = now_ms();
-    match ui
-        .handle
-        .read(move |l, node| (fleet::cluster_body(node, crate::ledger_digest(l)), html::node_line(node, now)))
-        .await
-    {
+    match ui.handle.read(move |l, node| (fleet::cluster_body(node, l.digest()), html::node_line(node, now))).await {
         Ok((body, node)) => Html(page(Section::Cluster, "Cluster", &node, &body)).into_response(),
         Err(e) => unavailable(e),
     }

@@ -69,7 +69,7 @@ impl Overview {
         put("total.cancelled", t.cancelled.to_string());
         put("total.attempts_failed", self.attempts_failed.to_string());
         let finished = t.terminal();
-        let pct = if self.submitted == 0 { 100 } else { finished * 100 / self.submitted };
+        let pct = (finished * 100).checked_div(self.submitted).unwrap_or(100);
         put("progress.pct", pct.to_string());
         put("progress.text", format!("{finished} of {} finished ({pct}%)", self.submitted));
         let (completions, failures) = rate.unwrap_or((self.ledger_rate.0 as f64, self.ledger_rate.1 as f64));
