@@ -155,13 +155,7 @@ impl Scheduler for Api {
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         let mut workers: Vec<v1::WorkerInfo> = self
             .handle
-            .read(|l, _| {
-                let session = |w: &kiln_ledger::WorkerRecord| l.features().session_of(&w.spec.id).unwrap_or(0);
-                l.workers()
-                    .into_iter()
-                    .map(|w| v1::WorkerInfo { session: session(w), ..convert::worker_to_pb(w) })
-                    .collect()
-            })
+            .read(|l, _| l.workers().into_iter().map(|w| convert::listed_worker_to_pb(w, l.features())).collect())
             .await
             .map_err(from_propose)?;
         let live = self.hub.live();
@@ -182,7 +176,7 @@ impl Scheduler for Api {
             .read(move |l, status| v1::ClusterResponse {
                 // O(1): kept up to date by every command, not computed from the whole ledger.
                 ledger_digest: l.digest(),
-                support: Some(crate::upgrade::support_to_pb(&support, l.features())),
+                support: Some(convert::support_to_pb(&support, l.features())),
                 ..convert::cluster_to_pb(status)
             })
             .await
@@ -203,11 +197,8 @@ impl Scheduler for Api {
     /// This node's own support, served by whichever node is asked (it is how the leader learns it).
     async fn support(&self, _request: Request<v1::SupportRequest>) -> Result<Response<v1::NodeSupport>, Status> {
         let support = self.support.clone();
-        let report = self
-            .handle
-            .read(move |l, _| crate::upgrade::support_to_pb(&support, l.features()))
-            .await
-            .map_err(from_propose)?;
+        let report =
+            self.handle.read(move |l, _| convert::support_to_pb(&support, l.features())).await.map_err(from_propose)?;
         Ok(Response::new(report))
     }
 

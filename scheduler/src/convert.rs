@@ -166,6 +166,25 @@ pub fn worker_to_pb(w: &WorkerRecord) -> v1::WorkerInfo {
     }
 }
 
+/// A worker as `ListWorkers` shows it: its record and the fenced session it is registered under
+/// (0: none, or `fenced_sessions` not enabled).
+pub fn listed_worker_to_pb(w: &WorkerRecord, features: &kiln_ledger::Features) -> v1::WorkerInfo {
+    v1::WorkerInfo { session: features.session_of(&w.spec.id).unwrap_or(0), ..worker_to_pb(w) }
+}
+
+/// What a node reports it supports (its release, log formats and feature flags), with the flags
+/// its ledger has enabled.
+pub fn support_to_pb(support: &kiln_ledger::Support, features: &kiln_ledger::Features) -> v1::NodeSupport {
+    v1::NodeSupport {
+        version: crate::upgrade::VERSION.to_owned(),
+        min_format: support.min_format,
+        max_format: support.max_format,
+        features: support.features.iter().cloned().collect(),
+        emulated_format: support.emulating.unwrap_or(0),
+        enabled_features: features.enabled().map(str::to_owned).collect(),
+    }
+}
+
 /// A job as submitted; the scheduler's only path from the wire's `EncodeJob` into the ledger.
 pub fn job_from_pb(pb: v1::EncodeJob) -> Result<EncodeJob, kiln_proto::ConvertError> {
     kiln_proto::job_from_pb(pb)

@@ -22,6 +22,7 @@ use kiln_proto::v1;
 use kiln_types::WorkerId;
 use tonic::Status;
 
+use crate::convert::support_to_pb;
 use crate::handle::Handle;
 use crate::node::ProposeError;
 use crate::status::{from_propose, from_rejection};
@@ -31,17 +32,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long the leader waits for a member's report before counting it as not supporting anything.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub(crate) fn support_to_pb(support: &Support, features: &Features) -> v1::NodeSupport {
-    v1::NodeSupport {
-        version: VERSION.to_owned(),
-        min_format: support.min_format,
-        max_format: support.max_format,
-        features: support.features.iter().cloned().collect(),
-        emulated_format: support.emulating.unwrap_or(0),
-        enabled_features: features.enabled().map(str::to_owned).collect(),
-    }
-}
 
 /// One member's report, `None` when it did not answer.
 pub(crate) struct Report {
