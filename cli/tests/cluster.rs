@@ -1,6 +1,6 @@
 //! Three `kiln scheduler` processes and two `kiln worker`s on loopback, put through the failures
-//! of DESIGN §3–4: the leader killed with SIGKILL three times mid-run, a rolling restart, a
-//! follower paused until only a snapshot can catch it up, and a node replaced with
+//! the task invariants must survive (docs/architecture.md, "Task semantics and invariants"): the
+//! leader killed with SIGKILL three times mid-run, a rolling restart, a follower paused until only a snapshot can catch it up, and a node replaced with
 //! `kiln cluster add/remove`. Each run ends with the same audit: every submitted task is in exactly
 //! one terminal state, succeeded exactly once, and every node holds an identical ledger.
 
@@ -157,7 +157,7 @@ impl Harness {
         panic!("not every task finished: {:?}\n{}", self.status(), self.cluster.logs());
     }
 
-    /// Stops the workers (so nothing else is written), then checks DESIGN §3 on the leader's
+    /// Stops the workers (so nothing else is written), then checks the task invariants (docs/architecture.md) on the leader's
     /// ledger and that every live node's ledger is identical to it.
     fn audit(&mut self, live: &[u64]) {
         self.wait_until_finished(Duration::from_secs(120));

@@ -70,7 +70,7 @@ pub struct SchedulerOptions {
     pub raft_tick: Duration,
     pub election_ticks: usize,
     /// Idle workers take unstarted tasks from the deepest buffers when the queues run dry
-    /// (DESIGN §3). Off only to measure what it buys.
+    /// (docs/fleet.md). Off only to measure what it buys.
     pub work_stealing: bool,
     /// For tests and for rehearsing a rollback: behave as the older release whose newest log
     /// format is this one, hiding the newer formats and feature flags from the cluster. A node

@@ -6,7 +6,7 @@
 //! (requests, a tick, proposals, its `Ready`), collect what it sent, and inject faults and client
 //! traffic. Time is the simulation's: 50 ms per round, read by the nodes through their `clock`.
 //!
-//! The oracle checks DESIGN §3 the way a client can know it. A submit that was acknowledged must
+//! The oracle checks the task invariants (docs/architecture.md) the way a client can know it. A submit that was acknowledged must
 //! be in the ledger at the end; one that timed out, failed over or hit a crashed node is *unknown*
 //! — it may or may not be there, and both are correct — but never twice, and never a task nobody
 //! submitted. Along the way every replica's ledger must satisfy the ledger's own invariants, and

@@ -1,4 +1,4 @@
-//! `aac128`: the preview/download derivative, 128 kb/s AAC-LC in an M4A (DESIGN §6).
+//! `aac128`: the preview/download derivative, 128 kb/s AAC-LC in an M4A (docs/architecture.md, section 5).
 //!
 //! Exists because the store serves every catalog track as AAC that must start playing before it is
 //! fully downloaded and play gaplessly: encoded with fdk-aac (afterburner on, constant bitrate, as
