@@ -1,8 +1,9 @@
 //! Three `kiln scheduler` processes and two `kiln worker`s on loopback, put through the failures
 //! the task invariants must survive (docs/architecture.md, "Task semantics and invariants"): the
 //! leader killed with SIGKILL three times mid-run, a rolling restart, a follower paused until only
-//! a snapshot can catch it up, and a node replaced with `kiln cluster add/remove`. Each run ends with the same audit: every submitted task is in exactly
-//! one terminal state, succeeded exactly once, and every node holds an identical ledger.
+//! a snapshot can catch it up, and a node replaced with `kiln cluster add/remove`. Each run ends
+//! with the same audit: every submitted task is in exactly one terminal state, succeeded exactly
+//! once, and every node holds an identical ledger.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
