@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_proto::v1;
-use kiln_testkit::{run, wait_for, TestCluster};
+use kiln_testkit::{run, wait_for, wait_for_or_explain, TestCluster};
 
 const FEATURE: &str = "fenced_sessions";
 
@@ -149,9 +149,12 @@ impl Harness {
         set_emulation(&node.config, format);
         node.process.terminate(Duration::from_secs(20));
         node.start();
-        wait_for(&format!("node {id} back with format {format:?}"), Duration::from_secs(30), || {
-            self.support(id).is_some_and(|s| s.emulated_format == format.unwrap_or(0))
-        });
+        wait_for_or_explain(
+            &format!("node {id} back with format {format:?}"),
+            Duration::from_secs(30),
+            || self.support(id).is_some_and(|s| s.emulated_format == format.unwrap_or(0)),
+            || self.cluster.logs(),
+        );
         self.replicas_agree();
     }
 }

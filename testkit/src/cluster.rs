@@ -27,8 +27,21 @@ impl Node {
         self.process.kill9();
     }
 
-    /// Starts the process again (after `kill9` or `terminate`) with the same config and data.
+    /// Starts the process again (after `kill9` or `terminate`) with the same config and data,
+    /// once its ports can be bound again (a dead process's sockets may linger a moment).
     pub fn start(&mut self) {
+        self.process.kill9();
+        for address in [self.address.trim_start_matches("http://"), self.http.as_str()] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpListener::bind(address).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node {}: {address} is still taken by another socket 10 s after the process stopped",
+                    self.id
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         self.process.restart();
     }
 

@@ -11,5 +11,5 @@ mod process;
 mod wav;
 
 pub use cluster::{Node, TestCluster};
-pub use process::{free_port, run, wait_for, KilnProcess};
+pub use process::{free_port, run, wait_for, wait_for_or_explain, KilnProcess};
 pub use wav::{write_sine_wav, write_wav};

@@ -7,23 +7,65 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago on 127.0.0.1.
 ///
-/// Chosen below Linux's ephemeral range (32768–60999): a node restarted on its old port must not
-/// find it taken by some client's outgoing connection, which an ephemeral port can be at any time
-/// (binding port 0 hands out ports from that very range).
+/// Chosen outside the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`, 32768–
+/// 60999 by default, often wider in containers): a node restarted on its old port must not find it
+/// taken by some client's outgoing connection, which an ephemeral port can be at any time (binding
+/// port 0 hands out ports from that very range).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
+    let candidates = ports_outside(ephemeral_range());
+    let span = candidates.iter().map(|(lo, hi)| hi - lo + 1).sum::<u32>();
     let seed = std::process::id().wrapping_mul(7919)
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    for _ in 0..SPAN {
-        let port = (LOW + (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(13))) % SPAN) as u16;
+    for _ in 0..span {
+        let mut offset = seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(13)) % span;
+        let port = candidates
+            .iter()
+            .find_map(|(lo, hi)| {
+                if offset <= hi - lo {
+                    Some(lo + offset)
+                } else {
+                    offset -= hi - lo + 1;
+                    None
+                }
+            })
+            .unwrap_or(LOWEST_PORT) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN)
+    panic!("no free port on 127.0.0.1 in {candidates:?}")
+}
+
+/// Test ports start here: below are well-known services a developer may run.
+const LOWEST_PORT: u32 = 10_000;
+
+/// The kernel's ephemeral port range (Linux's default where it cannot be read).
+fn ephemeral_range() -> (u32, u32) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(str::parse::<u32>);
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// The ranges of ports from [`LOWEST_PORT`] up that lie outside `ephemeral`; when the ephemeral
+/// range leaves nothing, 20000–31999 (restarts on a fixed port may then collide, rarely).
+fn ports_outside((lo, hi): (u32, u32)) -> Vec<(u32, u32)> {
+    let mut ranges = Vec::new();
+    if lo > LOWEST_PORT + 1000 {
+        ranges.push((LOWEST_PORT, lo - 1));
+    }
+    if hi + 1000 < 65_535 {
+        ranges.push((hi.max(LOWEST_PORT - 1) + 1, 65_535));
+    }
+    if ranges.is_empty() {
+        ranges.push((20_000, 31_999));
+    }
+    ranges
 }
 
 /// A long-running `kiln` child (scheduler or worker) whose output goes to a log file.
@@ -159,7 +201,18 @@ pub fn run(binary: &Path, args: &[&str]) -> Output {
 
 /// Polls `check` every 100 ms until it holds; panics naming `what` after `timeout`. Tests wait
 /// on processes this way instead of sleeping a fixed time.
-pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+    wait_for_or_explain(what, timeout, check, String::new);
+}
+
+/// [`wait_for`], and on a timeout the panic also carries `explain()`: the processes' logs, say,
+/// so that a failure seen only in CI can be understood from its output.
+pub fn wait_for_or_explain(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check() {
@@ -167,5 +220,20 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    panic!("timed out after {timeout:?} waiting for {what}\n{}", explain());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ports_avoid_the_ephemeral_range() {
+        assert_eq!(ports_outside((32_768, 60_999)), vec![(10_000, 32_767), (61_000, 65_535)]);
+        assert_eq!(ports_outside((1024, 65_000)), vec![(20_000, 31_999)]);
+        assert_eq!(ports_outside((15_000, 65_535)), vec![(10_000, 14_999)]);
+        let port = u32::from(free_port());
+        let (lo, hi) = ephemeral_range();
+        assert!(port < lo || port > hi || (lo <= 11_000 && hi + 1000 >= 65_535), "{port} in {lo}–{hi}");
+    }
 }
