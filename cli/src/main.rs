@@ -75,6 +75,8 @@ enum Command {
     Dlq(cmd::dlq::Args),
     /// Connected workers, their slots and leases.
     Workers(cmd::workers::Args),
+    /// Stop leasing to a worker so it empties before its machine goes down.
+    Drain(cmd::drain::Args),
     /// Raft members, leader, term, commit and applied index, releases and feature flags.
     Cluster(cmd::cluster::Args),
     /// Prove nothing was lost: every task in one terminal state, replicas identical.
@@ -166,6 +168,7 @@ fn main() -> std::process::ExitCode {
             Command::Cancel(a) => cmd::task::cancel(&ctx, a).await,
             Command::Dlq(a) => cmd::dlq::run(&ctx, a).await,
             Command::Workers(a) => cmd::workers::run(&ctx, a).await,
+            Command::Drain(a) => cmd::drain::run(&ctx, a).await,
             Command::Cluster(a) => cmd::cluster::run(&ctx, a).await,
             Command::Audit(a) => cmd::audit::run(&ctx, a).await,
             Command::Completion(_) | Command::Man(_) => Ok(()),

@@ -3,7 +3,7 @@
 
 use kiln_ledger::{Command, Outcome};
 use kiln_proto::v1::{self, scheduler_server::Scheduler};
-use kiln_types::{RendererName, RequestId, TaskId, BUILTIN_RENDERERS};
+use kiln_types::{RendererName, RequestId, TaskId, WorkerId, BUILTIN_RENDERERS};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -166,6 +166,26 @@ impl Scheduler for Api {
             }
         }
         Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    async fn drain_worker(&self, request: Request<v1::DrainWorkerRequest>) -> Result<Response<v1::WorkerInfo>, Status> {
+        let id = WorkerId::new(request.into_inner().worker_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let worker = id.clone();
+        let connected = self.handle.read_fresh(move |l, _| l.worker(&worker).map(|w| w.connected)).await;
+        match connected.map_err(from_propose)? {
+            None => return Err(Status::not_found(format!("no worker {id} has ever registered"))),
+            Some(false) => {
+                return Err(Status::failed_precondition(format!("worker {id} is not connected: nothing to drain")))
+            }
+            Some(true) => {}
+        }
+        self.propose(Command::DrainWorker { worker: id.clone() }).await?;
+        let info = self
+            .handle
+            .read(move |l, _| l.worker(&id).map(|w| convert::listed_worker_to_pb(w, l.features())))
+            .await
+            .map_err(from_propose)?;
+        info.map(Response::new).ok_or_else(|| Status::internal("the drained worker is gone from the ledger"))
     }
 
     /// This node's own view, served by whichever node is asked (it is how nodes are compared).

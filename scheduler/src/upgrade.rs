@@ -40,7 +40,8 @@ pub(crate) struct Report {
     pub support: Option<v1::NodeSupport>,
 }
 
-async fn ask(address: String) -> Option<v1::NodeSupport> {
+/// One member's own report, `None` if it does not answer within [`ASK_TIMEOUT`].
+pub(crate) async fn ask(address: String) -> Option<v1::NodeSupport> {
     let mut client = kiln_proto::Client::new([address]).ok()?;
     client.deadline = ASK_TIMEOUT;
     client.attempt_timeout = ASK_TIMEOUT;

@@ -154,3 +154,64 @@ async fn actions_need_this_origin_the_token_and_a_confirmation() {
     assert_eq!(state, Some(TaskState::Cancelled));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_drained_from_the_dashboard_is_leased_nothing_more() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let worker = failing_worker(&node, "drained", "should never run").await;
+    wait_for_ledger(&node, "the worker registered", |l| {
+        l.workers().iter().any(|w| w.spec.id.as_str() == "w-scripted" && w.connected)
+    })
+    .await;
+    let http = node.http_addr();
+    let page = get(http, "/ui/workers").await.body;
+    assert!(page.contains("name=\"worker\" value=\"w-scripted\"") && page.contains("Drain…"), "{page}");
+    let token = csrf_of(&page);
+    let origin = format!("http://{http}");
+
+    let ask =
+        request(http, "POST", "/ui/actions/drain", &[("Origin", &origin)], &format!("csrf={token}&worker=w-scripted"))
+            .await;
+    assert_eq!(ask.status, 200, "{}", ask.body);
+    assert!(ask.body.contains("Drain worker w-scripted.") && ask.body.contains("Yes, drain"), "{}", ask.body);
+    let draining =
+        |l: &kiln_ledger::Ledger| l.workers().iter().any(|w| w.spec.id.as_str() == "w-scripted" && w.draining);
+    assert!(
+        !node.handle().read(move |l, _| draining(l)).await.expect("read"),
+        "nothing happens before the confirmation"
+    );
+
+    let confirm = format!("csrf={token}&worker=w-scripted&confirmed=yes");
+    let cross = request(http, "POST", "/ui/actions/drain", &[("Origin", "http://evil.example")], &confirm).await;
+    assert_eq!(cross.status, 403);
+    let done = request(http, "POST", "/ui/actions/drain", &[("Origin", &origin)], &confirm).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Worker w-scripted is draining"), "{}", done.body);
+    assert!(node.handle().read(move |l, _| draining(l)).await.expect("read"));
+
+    // The worker still asks for work, but the tasks of its queue stay queued: had one been leased
+    // to it, it would have been failed (and dead-lettered) at once.
+    submit(&node, jobs_in("drained", "after-drain", 2)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let counts = node.handle().read(|l, _| (l.counts().dead_lettered, l.counts().leased)).await.expect("read");
+    assert_eq!(counts, (0, 0), "a draining worker was leased tasks");
+    let page = get(http, "/ui/workers").await.body;
+    assert!(page.contains("<td>draining</td>") && !page.contains("Drain…"), "{page}");
+    let unknown = format!("csrf={token}&worker=nobody&confirmed=yes");
+    let refused = request(http, "POST", "/ui/actions/drain", &[("Origin", &origin)], &unknown).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    worker.abort();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_shows_every_members_release() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let page = get(node.http_addr(), "/ui/cluster").await.body;
+    let row = page.split("<h2>Members</h2>").nth(1).expect("a members table");
+    assert!(row.contains(&format!("<td>{}</td>", env!("CARGO_PKG_VERSION"))), "{row}");
+    assert!(row.contains("fenced_sessions") && !row.contains("did not answer"), "{row}");
+    node.shutdown().await;
+}

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod completion;
 pub mod demo;
 pub mod dlq;
+pub mod drain;
 pub mod features;
 pub mod run;
 pub mod scheduler;

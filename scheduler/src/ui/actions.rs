@@ -1,4 +1,5 @@
-//! The dashboard's write actions — cancel a task, requeue or purge dead letters — and the three
+//! The dashboard's write actions — cancel a task, requeue or purge dead letters, drain a worker —
+//! and the three
 //! guards in front of them: the request must come from a page of this origin (`Origin`, else
 //! `Referer`), carry this process's CSRF token (only its own pages know it), and be confirmed on a
 //! second page that says what will happen. Without JavaScript all of it still works.
@@ -7,7 +8,7 @@ use std::fmt::Write as _;
 
 use axum::http::HeaderMap;
 use kiln_ledger::{Command, DeadLetterFilter, Outcome, TaskFilter, TaskState};
-use kiln_types::TaskId;
+use kiln_types::{TaskId, WorkerId};
 use serde::Deserialize;
 
 use super::html::esc;
@@ -22,6 +23,9 @@ pub struct ActionForm {
     /// Dead letters whose error contains this text; none means all of them.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The worker to drain.
+    #[serde(default)]
+    pub worker: Option<String>,
     #[serde(default)]
     pub confirmed: Option<String>,
 }
@@ -31,6 +35,7 @@ pub enum Action {
     Cancel,
     Requeue,
     Purge,
+    Drain,
 }
 
 impl Action {
@@ -39,6 +44,7 @@ impl Action {
             "cancel" => Some(Self::Cancel),
             "requeue" => Some(Self::Requeue),
             "purge" => Some(Self::Purge),
+            "drain" => Some(Self::Drain),
             _ => None,
         }
     }
@@ -48,6 +54,16 @@ impl Action {
             Self::Cancel => "cancel",
             Self::Requeue => "requeue",
             Self::Purge => "purge",
+            Self::Drain => "drain",
+        }
+    }
+
+    /// The page an action's forms link back to.
+    fn back(self, form: &ActionForm) -> String {
+        match self {
+            Self::Cancel => form.task.map_or("/ui/tasks".to_owned(), |t| format!("/ui/tasks/{t}")),
+            Self::Drain => "/ui/workers".to_owned(),
+            Self::Requeue | Self::Purge => "/ui/dead-letters".to_owned(),
         }
     }
 }
@@ -120,6 +136,17 @@ pub fn plan(action: Action, form: &ActionForm) -> Result<(Command, String), Refu
             Command::PurgeDeadLetters { filter: filter() },
             format!("Delete {} for good. Their counts stay; their history and errors are gone.", which()),
         ),
+        Action::Drain => {
+            let name = form.worker.as_deref().map(str::trim).unwrap_or_default();
+            let worker = WorkerId::new(name.to_owned()).map_err(|e| Refused::BadForm(format!("which worker? {e}")))?;
+            (
+                Command::DrainWorker { worker },
+                format!(
+                    "Drain worker {name}. It is leased nothing more; the tasks it holds finish as usual. \
+                     It takes work again once it registers anew (a restart or a reconnect)."
+                ),
+            )
+        }
     })
 }
 
@@ -152,10 +179,10 @@ pub fn confirm_body(action: Action, form: &ActionForm, what: &str, count: Option
     if let Some(r) = &form.reason {
         let _ = write!(out, "<input type=\"hidden\" name=\"reason\" value=\"{}\">", esc(r));
     }
-    let back = match action {
-        Action::Cancel => form.task.map_or("/ui/tasks".to_owned(), |t| format!("/ui/tasks/{t}")),
-        _ => "/ui/dead-letters".to_owned(),
-    };
+    if let Some(w) = &form.worker {
+        let _ = write!(out, "<input type=\"hidden\" name=\"worker\" value=\"{}\">", esc(w));
+    }
+    let back = action.back(form);
     let _ = write!(
         out,
         "<button class=\"danger\" type=\"submit\">Yes, {}</button> <a href=\"{}\">No, go back</a></form></div>",
@@ -174,12 +201,13 @@ pub fn done_body(action: Action, form: &ActionForm, outcome: &Outcome) -> String
             if *n == 1 { "" } else { "s" }
         ),
         (Action::Cancel, _) => format!("Task {} is cancelled.", form.task.unwrap_or_default()),
+        (Action::Drain, _) => format!(
+            "Worker {} is draining: it takes no new tasks. The Leased column shows when it is empty.",
+            form.worker.as_deref().unwrap_or_default().trim()
+        ),
         _ => "Done.".to_owned(),
     };
-    let back = match action {
-        Action::Cancel => form.task.map_or("/ui/tasks".to_owned(), |t| format!("/ui/tasks/{t}")),
-        _ => "/ui/dead-letters".to_owned(),
-    };
+    let back = action.back(form);
     format!("<p>{}</p><p><a href=\"{}\">Back</a></p>", esc(&what), esc(&back))
 }
 
@@ -231,5 +259,19 @@ mod tests {
             "tok",
         );
         assert!(page.contains("value=\"&lt;x&gt;\"") && page.contains("name=\"confirmed\" value=\"yes\""), "{page}");
+    }
+
+    #[test]
+    fn a_drain_names_its_worker_and_goes_back_to_the_workers() {
+        let form = ActionForm { worker: Some("render-07".into()), ..Default::default() };
+        let (cmd, what) = plan(Action::Drain, &form).expect("plan");
+        assert!(matches!(cmd, Command::DrainWorker { worker } if worker.as_str() == "render-07"));
+        assert!(what.contains("render-07"));
+        assert!(plan(Action::Drain, &ActionForm::default()).is_err(), "a drain must name a worker");
+        let page = confirm_body(Action::Drain, &form, &what, None, "tok");
+        assert!(
+            page.contains("name=\"worker\" value=\"render-07\"") && page.contains("href=\"/ui/workers\""),
+            "{page}"
+        );
     }
 }

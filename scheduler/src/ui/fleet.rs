@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use kiln_ledger::{Ledger, TaskFilter, TaskState};
 use kiln_types::WorkerId;
 
+use kiln_proto::v1;
+
 use super::html::{bytes, esc, span, utc};
 use crate::node::NodeStatus;
 use crate::sessions::Live;
@@ -47,14 +49,28 @@ pub fn dead_letter_groups(l: &Ledger) -> (Vec<Group>, bool) {
     (groups, truncated)
 }
 
-fn action_form(out: &mut String, action: &str, csrf: &str, reason: Option<&str>, label: &str, danger: bool) {
+/// A form field the action posts besides the token.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    None,
+    Reason(&'a str),
+    Worker(&'a str),
+}
+
+fn action_form(out: &mut String, action: &str, csrf: &str, field: Field<'_>, label: &str, danger: bool) {
     let _ = write!(
         out,
         "<form class=\"inline\" method=\"post\" action=\"/ui/actions/{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">",
         esc(csrf)
     );
-    if let Some(r) = reason {
-        let _ = write!(out, "<input type=\"hidden\" name=\"reason\" value=\"{}\">", esc(r));
+    match field {
+        Field::None => {}
+        Field::Reason(r) => {
+            let _ = write!(out, "<input type=\"hidden\" name=\"reason\" value=\"{}\">", esc(r));
+        }
+        Field::Worker(w) => {
+            let _ = write!(out, "<input type=\"hidden\" name=\"worker\" value=\"{}\">", esc(w));
+        }
     }
     let class = if danger { " class=\"danger\"" } else { "" };
     let _ = write!(out, "<button type=\"submit\"{class}>{}</button></form> ", esc(label));
@@ -74,8 +90,8 @@ pub fn dead_letters_body(groups: &[Group], truncated: bool, csrf: &str) -> Strin
     out.push_str(
         "Requeueing gives a task a fresh set of attempts; purging deletes it for good (its count stays).</p><p>",
     );
-    action_form(&mut out, "requeue", csrf, None, "Requeue all…", false);
-    action_form(&mut out, "purge", csrf, None, "Purge all…", true);
+    action_form(&mut out, "requeue", csrf, Field::None, "Requeue all…", false);
+    action_form(&mut out, "purge", csrf, Field::None, "Purge all…", true);
     out.push_str(
         "</p><table><thead><tr><th>Reason</th><th class=\"num\">Tasks</th><th>Examples</th><th>Actions</th></tr></thead><tbody>",
     );
@@ -87,8 +103,8 @@ pub fn dead_letters_body(groups: &[Group], truncated: bool, csrf: &str) -> Strin
         }
         out.push_str("</td><td>");
         if !g.reason.is_empty() {
-            action_form(&mut out, "requeue", csrf, Some(&g.reason), "Requeue…", false);
-            action_form(&mut out, "purge", csrf, Some(&g.reason), "Purge…", true);
+            action_form(&mut out, "requeue", csrf, Field::Reason(&g.reason), "Requeue…", false);
+            action_form(&mut out, "purge", csrf, Field::Reason(&g.reason), "Purge…", true);
         }
         out.push_str("</td></tr>");
     }
@@ -140,7 +156,8 @@ pub fn worker_rows(l: &Ledger, live: &HashMap<WorkerId, Live>) -> Vec<WorkerRow>
         .collect()
 }
 
-pub fn workers_body(rows: &[WorkerRow], is_leader: bool) -> String {
+/// The fleet table; a connected worker that is not draining yet gets a "Drain…" button.
+pub fn workers_body(rows: &[WorkerRow], is_leader: bool, csrf: &str) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("<p>No worker has ever connected.</p>");
@@ -152,7 +169,7 @@ pub fn workers_body(rows: &[WorkerRow], is_leader: bool) -> String {
     out.push_str(
         "<table><thead><tr><th>Worker</th><th>Host</th><th>State</th><th class=\"num\">Slots</th><th class=\"num\">Busy</th>\
          <th class=\"num\">Prefetched</th><th class=\"num\">Leased</th><th class=\"num\">Completed</th><th class=\"num\">Failed</th>\
-         <th class=\"num\">Speed</th><th>Queues</th><th>Version</th><th>Last seen</th></tr></thead><tbody>",
+         <th class=\"num\">Speed</th><th>Queues</th><th>Version</th><th>Last seen</th><th>Actions</th></tr></thead><tbody>",
     );
     for w in rows {
         let state = match (w.connected, w.draining) {
@@ -165,7 +182,7 @@ pub fn workers_body(rows: &[WorkerRow], is_leader: bool) -> String {
             out,
             "<tr><td class=\"mono\">{}</td><td>{}</td><td>{state}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{:.2}×</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td class=\"num\">{:.2}×</td><td>{}</td><td>{}</td><td>{}</td><td>",
             esc(&w.id),
             esc(&w.hostname),
             w.slots,
@@ -179,12 +196,18 @@ pub fn workers_body(rows: &[WorkerRow], is_leader: bool) -> String {
             esc(&w.version),
             esc(&utc(w.last_seen)),
         );
+        if w.connected && !w.draining {
+            action_form(&mut out, "drain", csrf, Field::Worker(&w.id), "Drain…", true);
+        }
+        out.push_str("</td></tr>");
     }
     out.push_str("</tbody></table>");
     out
 }
 
-pub fn cluster_body(s: &NodeStatus, digest: u64) -> String {
+/// This node's view of the cluster, and every member's release as it reported it (`None`: it did
+/// not answer).
+pub fn cluster_body(s: &NodeStatus, digest: u64, releases: &HashMap<u64, Option<v1::NodeSupport>>) -> String {
     let mut out = String::new();
     out.push_str("<dl class=\"kv\">");
     let mut kv = |k: &str, v: String| {
@@ -204,7 +227,7 @@ pub fn cluster_body(s: &NodeStatus, digest: u64) -> String {
     out.push_str("</dl><h2>Members</h2>");
     out.push_str(
         "<table><thead><tr><th class=\"num\">Node</th><th>Address</th><th>Role</th><th class=\"num\">Matched index</th>\
-         <th class=\"num\">Lag (entries)</th></tr></thead><tbody>",
+         <th class=\"num\">Lag (entries)</th><th>Release</th><th>Log formats</th><th>Features</th></tr></thead><tbody>",
     );
     for (id, address, matched) in &s.members {
         let role = if *id == s.leader_id { "leader" } else { "follower" };
@@ -213,12 +236,27 @@ pub fn cluster_body(s: &NodeStatus, digest: u64) -> String {
         } else {
             ("–".to_owned(), "known on the leader".to_owned())
         };
+        let (release, formats, features) = match releases.get(id).and_then(Option::as_ref) {
+            Some(r) => (
+                r.version.clone(),
+                match r.emulated_format {
+                    0 => format!("{}–{}", r.min_format, r.max_format),
+                    n => format!("{}–{} (emulating {n})", r.min_format, r.max_format),
+                },
+                if r.features.is_empty() { "none".to_owned() } else { r.features.join(", ") },
+            ),
+            None => ("did not answer".to_owned(), "–".to_owned(), "–".to_owned()),
+        };
         let _ = write!(
             out,
-            "<tr><td class=\"num\">{id}</td><td class=\"mono\">{}</td><td>{role}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td class=\"num\">{id}</td><td class=\"mono\">{}</td><td>{role}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(address),
             esc(&matched),
-            esc(&lag)
+            esc(&lag),
+            esc(&release),
+            esc(&formats),
+            esc(&features)
         );
     }
     out.push_str("</tbody></table><p>Each node shows its own view; compare digests across nodes' dashboards (or `kiln cluster`) to check that the replicas agree.</p>");

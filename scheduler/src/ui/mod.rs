@@ -164,7 +164,8 @@ async fn workers_page(State(ui): State<Ui>) -> Response {
         .await
     {
         Ok((rows, leader, node)) => {
-            Html(page(Section::Workers, "Workers", &node, &fleet::workers_body(&rows, leader))).into_response()
+            let body = fleet::workers_body(&rows, leader, &ui.csrf);
+            Html(page(Section::Workers, "Workers", &node, &body)).into_response()
         }
         Err(e) => unavailable(e),
     }
@@ -172,8 +173,17 @@ async fn workers_page(State(ui): State<Ui>) -> Response {
 
 async fn cluster_page(State(ui): State<Ui>) -> Response {
     let now = now_ms();
-    match ui.handle.read(move |l, node| (fleet::cluster_body(node, l.digest()), html::node_line(node, now))).await {
-        Ok((body, node)) => Html(page(Section::Cluster, "Cluster", &node, &body)).into_response(),
+    match ui.handle.read(move |l, node| (node.clone(), l.digest(), html::node_line(node, now))).await {
+        Ok((status, digest, node)) => {
+            // Every member answers for its own release (this one too, over the same RPC), at once.
+            let asks = status.members.iter().map(|(id, address, _)| {
+                let address = address.clone();
+                async move { (*id, crate::upgrade::ask(address).await) }
+            });
+            let releases = futures::future::join_all(asks).await.into_iter().collect();
+            let body = fleet::cluster_body(&status, digest, &releases);
+            Html(page(Section::Cluster, "Cluster", &node, &body)).into_response()
+        }
         Err(e) => unavailable(e),
     }
 }
@@ -216,9 +226,13 @@ async fn act(
         Ok(p) => p,
         Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let section = if action == actions::Action::Cancel { Section::Tasks } else { Section::DeadLetters };
+    let section = match action {
+        actions::Action::Cancel => Section::Tasks,
+        actions::Action::Drain => Section::Workers,
+        actions::Action::Requeue | actions::Action::Purge => Section::DeadLetters,
+    };
     if form.confirmed.as_deref() != Some("yes") {
-        let count = if action == actions::Action::Cancel {
+        let count = if matches!(action, actions::Action::Cancel | actions::Action::Drain) {
             None
         } else {
             let f = actions::ActionForm { reason: form.reason.clone(), ..Default::default() };
