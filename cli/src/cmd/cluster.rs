@@ -20,6 +20,8 @@ use crate::output::{self, OutputFormat};
 pub struct Args {
     #[command(subcommand)]
     change: Option<Change>,
+    #[command(flatten)]
+    watch: crate::cmd::Watch,
 }
 
 #[derive(clap::Subcommand)]
@@ -78,7 +80,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         println!("members now: {}", ids.join(", "));
         return Ok(());
     }
+    args.watch.repeat(ctx.output, || show(ctx)).await
+}
 
+/// The table (or JSON document) of every member's own view.
+async fn show(ctx: &Context) -> anyhow::Result<()> {
+    let mut client = ctx.client()?;
     let first = client.call(|mut s| async move { s.cluster(v1::ClusterRequest {}).await }).await?;
     // The leader knows how far each member has acknowledged; ask it when it is not `first`.
     let leader_view = if first.node_id == first.leader_id || first.leader_address.is_empty() {

@@ -1,4 +1,5 @@
 //! `kiln dlq list|show|requeue|purge`: the dead letters, where failed tasks wait for a human.
+//! `list --watch` refreshes until Ctrl-C, as `kiln tasks --watch` does.
 
 use kiln_proto::v1;
 
@@ -23,6 +24,8 @@ enum Command {
         after: u64,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        #[command(flatten)]
+        watch: crate::cmd::Watch,
     },
     /// Show one dead-lettered task with its full history.
     Show { id: u64 },
@@ -71,17 +74,8 @@ impl FilterArgs {
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     match args.command {
-        Command::List { queue, release, after, limit } => {
-            let resp = tasks::list(ctx, Some(StateArg::DeadLettered), queue, release, after, limit).await?;
-            if ctx.output == OutputFormat::Json {
-                return output::json(&resp.tasks.iter().map(task_json).collect::<Vec<_>>());
-            }
-            if resp.tasks.is_empty() {
-                println!("no dead letters");
-                return Ok(());
-            }
-            tasks::print_list(&resp);
-            Ok(())
+        Command::List { queue, release, after, limit, watch } => {
+            watch.repeat(ctx.output, || list(ctx, queue.clone(), release, after, limit)).await
         }
         Command::Show { id } => crate::cmd::task::show(ctx, v1::get_task_request::Key::TaskId(id)).await,
         Command::Requeue(f) => {
@@ -107,6 +101,25 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             report(ctx, "purged", n.count)
         }
     }
+}
+
+async fn list(
+    ctx: &Context,
+    queue: Option<String>,
+    release: Option<i64>,
+    after: u64,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let resp = tasks::list(ctx, Some(StateArg::DeadLettered), queue, release, after, limit).await?;
+    if ctx.output == OutputFormat::Json {
+        return output::json(&resp.tasks.iter().map(task_json).collect::<Vec<_>>());
+    }
+    if resp.tasks.is_empty() {
+        println!("no dead letters");
+        return Ok(());
+    }
+    tasks::print_list(&resp);
+    Ok(())
 }
 
 fn report(ctx: &Context, verb: &str, count: u64) -> anyhow::Result<()> {
