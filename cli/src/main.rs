@@ -5,6 +5,7 @@
 //! the user as one clear line (with context) and a non-zero exit code.
 
 mod cmd;
+mod folder;
 mod manifest;
 mod output;
 mod signals;

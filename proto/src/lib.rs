@@ -13,6 +13,7 @@ pub mod v1 {
 pub mod audit;
 pub mod client;
 mod convert;
+pub mod http;
 pub mod metrics;
 
 pub use client::{Client, ClientError};

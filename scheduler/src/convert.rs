@@ -315,7 +315,23 @@ pub fn lease_keys(leases: &[v1::LeaseRef]) -> BTreeSet<LeaseKey> {
     leases.iter().map(|l| (l.task_id, l.lease_seq)).collect()
 }
 
+/// Most slots a worker may claim: more than any machine renders at once, few enough that a
+/// worker cannot claim the whole queue through its slot count.
+pub const MAX_SLOTS: u32 = 1024;
+/// Longest hostname or version a worker's record keeps (the rest is cut).
+pub const MAX_LABEL: usize = 255;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let end = (0..=max).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.truncate(end);
+    }
+    text
+}
+
 /// What a worker says about itself when it opens a session. No queues means the default queue.
+/// Slots are clamped to `1..=MAX_SLOTS`, speed to `0..=1000`, labels to [`MAX_LABEL`] bytes.
 pub fn spec_from_hello(hello: v1::Hello) -> Result<WorkerSpec, InvalidValue> {
     let queues = if hello.queues.is_empty() {
         vec![QueueName::default()]
@@ -324,13 +340,13 @@ pub fn spec_from_hello(hello: v1::Hello) -> Result<WorkerSpec, InvalidValue> {
     };
     Ok(WorkerSpec {
         id: WorkerId::new(hello.worker_id)?,
-        hostname: hello.hostname,
-        slots: hello.slots.max(1),
+        hostname: cut(hello.hostname, MAX_LABEL),
+        slots: hello.slots.clamp(1, MAX_SLOTS),
         cores: hello.cores,
         memory_bytes: hello.memory_bytes,
         speed_milli: (hello.speed.clamp(0.0, 1000.0) * 1000.0) as u32,
         queues,
-        version: hello.version,
+        version: cut(hello.version, MAX_LABEL),
     })
 }
 

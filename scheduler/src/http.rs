@@ -2,7 +2,8 @@
 //! over plain HTTP, for scrapers and probes, and the dashboard under `/ui` ([`crate::ui`]).
 //!
 //! What `/metrics` holds, and how each series aggregates across replicas, is in
-//! [`crate::metrics`]; a scrape costs one read of the node.
+//! [`crate::metrics`]; a scrape costs one read of the node. The port is served within
+//! [`kiln_proto::http::Limits`]: a deadline for request heads and a cap on connections.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -38,12 +39,12 @@ pub async fn serve(
     hub: Arc<Hub>,
     health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let sampler = crate::ui::Sampler::new();
     let sampling = tokio::spawn(sampler.clone().run(handle.clone(), hub.clone()));
-    let served = axum::serve(listener, router(handle, hub, health, sampler)).with_graceful_shutdown(shutdown).await;
+    let app = router(handle, hub, health, sampler);
+    kiln_proto::http::serve(listener, app, kiln_proto::http::Limits::default(), shutdown).await;
     sampling.abort();
-    served
 }
 
 /// A node whose Raft thread died is neither ready nor alive, and says why (until the process exits).

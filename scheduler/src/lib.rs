@@ -50,9 +50,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+pub use convert::{MAX_LABEL, MAX_SLOTS};
 pub use failure::{FailureKind, NodeFailure};
 pub use handle::Handle;
 pub use node::{MemberChange, MembershipOutcome, NodeStatus, ProposeError};
+pub use sessions::MAX_HELD_PER_SLOT;
 pub use status::LEADER_METADATA;
 pub use upgrade::VERSION;
 
@@ -285,9 +287,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         let shutdown = async move {
             let _ = http_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = http::serve(http_listener, http_handle, http_hub, http_health, shutdown).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
+        http::serve(http_listener, http_handle, http_hub, http_health, shutdown).await;
     });
     tracing::info!(node = opts.node_id, %grpc_addr, %http_addr, data_dir = %opts.data_dir.display(), "scheduler started");
     Ok(Running { handle, grpc_addr, http_addr, stop, hub, tasks, node_thread: Some(node_thread), health })

@@ -23,9 +23,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, mut
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "worker HTTP server stopped");
-    }
+    kiln_proto::http::serve(listener, router(metrics), kiln_proto::http::Limits::default(), shutdown).await;
 }
 
 async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -55,26 +55,14 @@ fn request_id_for(rel: &str) -> String {
     format!("run-{:016x}", h.finish())
 }
 
-/// Turns a folder into jobs: one per audio or image file.
+/// Turns a folder into jobs: one per audio or image file, each file once however many links
+/// reach it (see [`crate::folder`]).
 pub fn plan_folder(dir: &Path, renderers: &[String]) -> anyhow::Result<Plan> {
     if !dir.exists() {
         bail!("{} does not exist", dir.display());
     }
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let crate::folder::Listing { files, left_out: mut skipped } = crate::folder::files_under(dir)?;
     let mut jobs = Vec::new();
-    let mut skipped = Vec::new();
     for (i, path) in files.iter().enumerate() {
         let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
         let renderers = if AUDIO.contains(&ext.as_str()) {

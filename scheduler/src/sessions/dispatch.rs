@@ -31,6 +31,11 @@ const POLL: Duration = Duration::from_millis(250);
 /// Steal plans are made at most this often.
 pub(super) const STEAL_PLAN_EVERY: Duration = Duration::from_millis(100);
 
+/// Most leases a worker holds per slot (rendering and prefetched together), however much it asks
+/// for: a `Want` beyond this is clipped, so no session can take the whole queue and sit on it.
+/// Workers ask for `slots × (1 + prefetch)`; this leaves room for a prefetch of up to 15.
+pub const MAX_HELD_PER_SLOT: u32 = 16;
+
 /// One round's lookups: who can lease now, who is idle (with the room it has), who is unknown.
 struct Round {
     ready: Vec<(WorkerId, u32)>,
@@ -46,6 +51,11 @@ fn classify(l: &Ledger, wanting: Vec<(WorkerId, u32)>, now: i64) -> Round {
             round.unregistered.push(worker);
             continue;
         };
+        let room = record.spec.slots.saturating_mul(MAX_HELD_PER_SLOT).saturating_sub(record.leased);
+        let want = want.min(room);
+        if want == 0 {
+            continue;
+        }
         if l.has_ready_for(&worker, now) {
             round.ready.push((worker, want));
         } else {

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
+pub use dispatch::MAX_HELD_PER_SLOT;
 pub use registry::Live;
 pub use stream::SessionService;
 

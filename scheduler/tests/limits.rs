@@ -1,0 +1,86 @@
+//! What a worker session can claim is bounded by the server, whatever the worker says: its slot
+//! count is clamped, and a `Want` for the whole queue is clipped to what its slots may hold.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{jobs, start, submit, wait_for_ledger};
+use kiln_proto::v1;
+
+/// Opens a session as `id` with `slots`, asks for `want` tasks, and keeps every lease it gets
+/// (never reporting), until the returned task is aborted.
+async fn greedy_session(
+    node: &kiln_scheduler::Running,
+    id: &str,
+    slots: u32,
+    want: u32,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::WorkerMessage>(8);
+    let msg = |m| v1::WorkerMessage { msg: Some(m) };
+    let hello = v1::Hello {
+        worker_id: id.into(),
+        hostname: "h".repeat(10_000),
+        slots,
+        cores: 1,
+        speed: 1e9,
+        version: "test".into(),
+        renderers: vec!["loudness".into()],
+        ..Default::default()
+    };
+    tx.send(msg(v1::worker_message::Msg::Hello(hello))).await.expect("hello");
+    tx.send(msg(v1::worker_message::Msg::Want(v1::Want { count: want }))).await.expect("want");
+    let address = format!("http://{}", node.grpc_addr());
+    let mut client = v1::worker_session_client::WorkerSessionClient::connect(address).await.expect("connect");
+    let mut incoming =
+        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("session").into_inner();
+    tokio::spawn(async move {
+        let _keep = (client, tx);
+        while let Ok(Some(_)) = incoming.message().await {}
+    })
+}
+
+fn leased_to(l: &kiln_ledger::Ledger, id: &str) -> u32 {
+    l.workers().iter().find(|w| w.spec.id.as_str() == id).map_or(0, |w| w.leased)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_for_the_whole_queue_is_clipped_to_what_the_slots_may_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    submit(&node, jobs("greedy", 200)).await;
+    let session = greedy_session(&node, "greedy", 2, 1_000_000).await;
+    let cap = 2 * kiln_scheduler::MAX_HELD_PER_SLOT;
+    wait_for_ledger(&node, "the greedy worker leased up to its cap", move |l| leased_to(l, "greedy") >= cap).await;
+    // More rounds of dispatch go by (it polls every 250 ms): the cap holds.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (leased, queued) = node.handle().read(|l, _| (leased_to(l, "greedy"), l.counts().queued)).await.expect("read");
+    assert_eq!(leased, cap, "a worker with 2 slots holds at most {cap} leases");
+    assert_eq!(queued, 200 - u64::from(cap), "the rest stays queued for other workers");
+    let record = node
+        .handle()
+        .read(|l, _| l.workers().into_iter().find(|w| w.spec.id.as_str() == "greedy").cloned())
+        .await
+        .expect("read")
+        .expect("registered");
+    assert_eq!(record.spec.hostname.len(), 255, "a 10 kB hostname is cut");
+    assert_eq!(record.spec.speed_milli, 1_000_000, "speed is clamped to 1000×");
+    session.abort();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_claim_more_slots_than_a_machine_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let session = greedy_session(&node, "huge", u32::MAX, 0).await;
+    wait_for_ledger(&node, "the worker registered", |l| l.workers().iter().any(|w| w.spec.id.as_str() == "huge")).await;
+    let slots = node
+        .handle()
+        .read(|l, _| l.workers().iter().find(|w| w.spec.id.as_str() == "huge").map(|w| w.spec.slots))
+        .await
+        .expect("read");
+    assert_eq!(slots, Some(kiln_scheduler::MAX_SLOTS));
+    session.abort();
+    node.shutdown().await;
+}
