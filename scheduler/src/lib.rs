@@ -14,7 +14,8 @@
 //! - `sessions`: worker streams and the dispatcher that leases to them (a thin adapter; its tasks are
 //!   tracked and drained on shutdown).
 //! - `convert`: every proto ⇄ ledger conversion.
-//! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes.
+//! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes;
+//!   `peer_guard` decides which peer messages reach raft-rs.
 //! - `http`: metrics and health; `metrics`, `kpi`, `raft_metrics`: what `/metrics` serves.
 //! - `ui`: the dashboard at `/ui`.
 //! - `upgrade`: rolling upgrades: what each member supports, and the gate for feature flags.
@@ -29,6 +30,7 @@ mod kpi;
 mod metrics;
 mod node;
 mod peer;
+mod peer_guard;
 pub mod raft_log;
 mod raft_logging;
 mod raft_metrics;

@@ -544,8 +544,18 @@ impl Node {
                 self.raw.read_index(seq.to_be_bytes().to_vec());
             }
             Request::Step(msg) => {
-                if let Err(e) = self.raw.step(*msg) {
-                    tracing::debug!(error = %e, "raft step rejected a message");
+                let admitted = {
+                    let (members, progress) = (&self.members, self.raw.raft.prs());
+                    let is_member = |id: u64| members.contains_key(&id) || progress.get(id).is_some();
+                    crate::peer_guard::admit(*msg, self.config.id, is_member, self.raw.raft.raft_log.last_index())
+                };
+                match admitted {
+                    Ok(msg) => {
+                        if let Err(e) = self.raw.step(msg) {
+                            tracing::debug!(error = %e, "raft step rejected a message");
+                        }
+                    }
+                    Err(refused) => tracing::warn!(%refused, "a raft message from the network was refused"),
                 }
             }
             Request::ChangeMembership { change, reply } => self.propose_membership(change, reply),

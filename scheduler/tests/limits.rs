@@ -84,3 +84,30 @@ async fn a_worker_cannot_claim_more_slots_than_a_machine_has() {
     session.abort();
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_heartbeat_from_a_non_member_is_refused_and_the_node_stays_healthy() {
+    use protobuf::Message as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    submit(&node, jobs("before", 3)).await;
+    let before = node.handle().status().await.expect("status");
+    let mut forged = raft::prelude::Message::default();
+    forged.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
+    forged.from = 99;
+    forged.to = 1;
+    forged.term = before.term + 1_000;
+    forged.commit = 1_000_000;
+    let bytes = forged.write_to_bytes().expect("encode");
+    let address = format!("http://{}", node.grpc_addr());
+    let mut peer = v1::raft_peer_client::RaftPeerClient::connect(address).await.expect("connect");
+    peer.step(v1::RaftBatch { from: 99, messages: vec![bytes] }).await.expect("the peer port answers");
+    // Still the leader of its own term, and still taking work.
+    submit(&node, jobs("after", 3)).await;
+    let after = node.handle().status().await.expect("status");
+    assert_eq!((after.term, after.leader_id), (before.term, 1), "a forged heartbeat changed the term or leader");
+    assert!(node.failure().is_none());
+    let submitted = node.handle().read(|l, _| l.counts().queued).await.expect("read");
+    assert_eq!(submitted, 6);
+    node.shutdown().await;
+}
