@@ -13,6 +13,7 @@ use kiln_proto::v1::{self, scheduler_message::Msg as Down};
 use kiln_types::{EncodeJob, InvalidValue, QueueName, RendererName, TaskId, WorkerId};
 use tonic::Status;
 
+use crate::limits;
 use crate::node::{MemberChange, NodeStatus};
 
 /// A request or report the wire allows but the domain refuses; answered with `INVALID_ARGUMENT`.
@@ -315,23 +316,8 @@ pub fn lease_keys(leases: &[v1::LeaseRef]) -> BTreeSet<LeaseKey> {
     leases.iter().map(|l| (l.task_id, l.lease_seq)).collect()
 }
 
-/// Most slots a worker may claim: more than any machine renders at once, few enough that a
-/// worker cannot claim the whole queue through its slot count.
-pub const MAX_SLOTS: u32 = 1024;
-/// Longest hostname or version a worker's record keeps (the rest is cut).
-pub const MAX_LABEL: usize = 255;
-
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let end = (0..=max).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
-        text.truncate(end);
-    }
-    text
-}
-
 /// What a worker says about itself when it opens a session. No queues means the default queue.
-/// Slots are clamped to `1..=MAX_SLOTS`, speed to `0..=1000`, labels to [`MAX_LABEL`] bytes.
+/// Slots are clamped to `1..=MAX_SLOTS`, speed to `0..=1000`, labels to [`limits::MAX_LABEL`] bytes.
 pub fn spec_from_hello(hello: v1::Hello) -> Result<WorkerSpec, InvalidValue> {
     let queues = if hello.queues.is_empty() {
         vec![QueueName::default()]
@@ -340,13 +326,13 @@ pub fn spec_from_hello(hello: v1::Hello) -> Result<WorkerSpec, InvalidValue> {
     };
     Ok(WorkerSpec {
         id: WorkerId::new(hello.worker_id)?,
-        hostname: cut(hello.hostname, MAX_LABEL),
-        slots: hello.slots.clamp(1, MAX_SLOTS),
+        hostname: limits::cut(hello.hostname, limits::MAX_LABEL),
+        slots: hello.slots.clamp(1, limits::MAX_SLOTS),
         cores: hello.cores,
         memory_bytes: hello.memory_bytes,
         speed_milli: (hello.speed.clamp(0.0, 1000.0) * 1000.0) as u32,
         queues,
-        version: cut(hello.version, MAX_LABEL),
+        version: limits::cut(hello.version, limits::MAX_LABEL),
     })
 }
 
@@ -392,13 +378,32 @@ pub struct Report {
     pub result: Option<v1::TaskResult>,
 }
 
-pub fn completed_from_pb(worker: &WorkerId, c: v1::Completed) -> Result<Option<Report>, InvalidValue> {
-    let Some(lease) = c.lease else { return Ok(None) };
+/// A completion becomes `Complete`; one whose result cannot be stored (malformed, or beyond
+/// [`limits`]) becomes a permanent `Fail` saying why, so the task does not wait for a report that
+/// will never be valid and the worker's report is still answered.
+pub fn completed_from_pb(worker: &WorkerId, c: v1::Completed) -> Option<Report> {
+    let lease = c.lease?;
     let reported = c.result.unwrap_or_default();
-    let result = result_from_pb(reported.clone())?;
-    let command =
-        Command::Complete { task: TaskId(lease.task_id), lease_seq: lease.lease_seq, worker: worker.clone(), result };
-    Ok(Some(Report { lease, command, result: Some(reported) }))
+    let refused = |why: String| Command::Fail {
+        task: TaskId(lease.task_id),
+        lease_seq: lease.lease_seq,
+        worker: worker.clone(),
+        error: limits::cut(format!("the worker's result was refused: {why}"), limits::MAX_ERROR),
+        permanent: true,
+    };
+    if let Some(why) = limits::oversized(&reported) {
+        return Some(Report { lease, command: refused(why), result: None });
+    }
+    let command = match result_from_pb(reported.clone()) {
+        Ok(result) => Command::Complete {
+            task: TaskId(lease.task_id),
+            lease_seq: lease.lease_seq,
+            worker: worker.clone(),
+            result,
+        },
+        Err(e) => return Some(Report { lease, command: refused(e.to_string()), result: None }),
+    };
+    Some(Report { lease, command, result: Some(reported) })
 }
 
 pub fn failed_from_pb(worker: &WorkerId, f: v1::Failed) -> Option<Report> {
@@ -407,7 +412,7 @@ pub fn failed_from_pb(worker: &WorkerId, f: v1::Failed) -> Option<Report> {
         task: TaskId(lease.task_id),
         lease_seq: lease.lease_seq,
         worker: worker.clone(),
-        error: f.error,
+        error: limits::cut(f.error, limits::MAX_ERROR),
         permanent: f.permanent,
     };
     Some(Report { lease, command, result: None })
@@ -415,5 +420,5 @@ pub fn failed_from_pb(worker: &WorkerId, f: v1::Failed) -> Option<Report> {
 
 pub fn released_from_pb(worker: &WorkerId, r: &v1::Released) -> Command {
     let leases = r.leases.iter().map(|l| (TaskId(l.task_id), l.lease_seq)).collect();
-    Command::Release { worker: worker.clone(), leases, reason: r.reason.clone() }
+    Command::Release { worker: worker.clone(), leases, reason: limits::cut(r.reason.clone(), limits::MAX_LABEL) }
 }

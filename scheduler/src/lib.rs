@@ -13,7 +13,7 @@
 //! - [`Handle`]: the cheap cloneable way in (propose, read).
 //! - `sessions`: worker streams and the dispatcher that leases to them (a thin adapter; its tasks are
 //!   tracked and drained on shutdown).
-//! - `convert`: every proto ⇄ ledger conversion.
+//! - `convert`: every proto ⇄ ledger conversion; `limits`: what it keeps of the network's input.
 //! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes;
 //!   `peer_guard` decides which peer messages reach raft-rs.
 //! - `http`: metrics and health; `metrics`, `kpi`, `raft_metrics`: what `/metrics` serves.
@@ -27,6 +27,7 @@ mod failure;
 mod handle;
 mod http;
 mod kpi;
+mod limits;
 mod metrics;
 mod node;
 mod peer;
@@ -52,9 +53,9 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-pub use convert::{MAX_LABEL, MAX_SLOTS};
 pub use failure::{FailureKind, NodeFailure};
 pub use handle::Handle;
+pub use limits::{MAX_ERROR, MAX_LABEL, MAX_METADATA, MAX_OUTPUTS, MAX_SLOTS, MAX_URI};
 pub use node::{MemberChange, MembershipOutcome, NodeStatus, ProposeError};
 pub use sessions::MAX_HELD_PER_SLOT;
 pub use status::LEADER_METADATA;

@@ -21,13 +21,7 @@ impl Hub {
         let mut batch = Vec::with_capacity(reports.len());
         for msg in reports {
             let report = match msg {
-                Up::Completed(c) => match convert::completed_from_pb(&worker, c) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(%worker, error = %e, "malformed completion rejected");
-                        None
-                    }
-                },
+                Up::Completed(c) => convert::completed_from_pb(&worker, c),
                 Up::Failed(f) => convert::failed_from_pb(&worker, f),
                 Up::Released(r) => {
                     self.spawn(self.clone().release(worker.clone(), tx.clone(), r));
