@@ -98,6 +98,7 @@ impl Scheduler for Api {
         };
         let filter = convert::task_filter_from_pb(&r, limit)?;
         let with_history = r.with_history;
+        let _turn = self.handle.heavy_read_turn().await;
         let tasks = self
             .handle
             .read_fresh(move |l, _| {

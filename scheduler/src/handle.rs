@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_ledger::{Command, Ledger, Outcome, Rejection};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::node::{MemberChange, MembershipOutcome, NodeStatus, ProposeError, Request};
 use crate::raft_metrics::RaftMetrics;
@@ -13,11 +13,21 @@ use crate::raft_metrics::RaftMetrics;
 pub struct Handle {
     requests: flume::Sender<Request>,
     metrics: Arc<RaftMetrics>,
+    /// One turn for reads that walk many tasks (listings, dead-letter scans).
+    heavy: Arc<Semaphore>,
 }
 
 impl Handle {
     pub(crate) fn new(requests: flume::Sender<Request>, metrics: Arc<RaftMetrics>) -> Self {
-        Self { requests, metrics }
+        Self { requests, metrics, heavy: Arc::new(Semaphore::new(1)) }
+    }
+
+    /// Waits for this node's one turn for a read that walks many tasks; hold it across the read.
+    /// Such reads run on the node thread, between Raft rounds: taking turns means a burst of
+    /// listings (a dashboard left open in many tabs, a script in a loop) queues here, off the
+    /// node thread, instead of delaying consensus by the sum of all of them.
+    pub async fn heavy_read_turn(&self) -> Option<OwnedSemaphorePermit> {
+        self.heavy.clone().acquire_owned().await.ok()
     }
 
     /// The node's Raft latencies and leader changes, for `/metrics`.
@@ -112,5 +122,23 @@ impl Handle {
 
     pub async fn status(&self) -> Result<NodeStatus, ProposeError> {
         self.read(|_, status| status.clone()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn heavy_reads_take_turns_and_every_clone_shares_the_turn() {
+        let (requests, _node) = flume::unbounded();
+        let handle = Handle::new(requests, Arc::default());
+        let first = handle.heavy_read_turn().await.expect("a turn");
+        let other = handle.clone();
+        let second = tokio::spawn(async move { other.heavy_read_turn().await.is_some() });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "a second heavy read ran beside the first");
+        drop(first);
+        assert!(second.await.expect("join"), "the second read gets its turn once the first ends");
     }
 }

@@ -260,6 +260,11 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
 
     let (reflection_v1, reflection_v1alpha) = reflection::services()?;
     let grpc = tonic::transport::Server::builder()
+        // A client, worker or peer that vanished without closing (a cut WAN link, a powered-off
+        // rack) is noticed within a minute, and its session and leases end as if it had closed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(

@@ -105,6 +105,7 @@ async fn overview_page(State(ui): State<Ui>) -> Response {
 async fn tasks_page(State(ui): State<Ui>, Query(query): Query<tasks::ListQuery>) -> Response {
     let now = now_ms();
     let filter = query.filter();
+    let _turn = ui.handle.heavy_read_turn().await;
     let result = ui
         .handle
         .read(move |l, node| {
@@ -146,6 +147,7 @@ async fn task_page(State(ui): State<Ui>, Path(id): Path<String>) -> Response {
 
 async fn dead_letters_page(State(ui): State<Ui>) -> Response {
     let now = now_ms();
+    let _turn = ui.handle.heavy_read_turn().await;
     match ui.handle.read(move |l, node| (fleet::dead_letter_groups(l), html::node_line(node, now))).await {
         Ok(((groups, truncated), node)) => {
             let body = fleet::dead_letters_body(&groups, truncated, &ui.csrf);
@@ -236,6 +238,7 @@ async fn act(
             None
         } else {
             let f = actions::ActionForm { reason: form.reason.clone(), ..Default::default() };
+            let _turn = ui.handle.heavy_read_turn().await;
             ui.handle.read(move |l, _| actions::affected(l, &f)).await.ok()
         };
         let body = actions::confirm_body(action, &form, &what, count, &ui.csrf);
