@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{jobs, start, submit, wait_for_ledger};
+use common::{jobs, replying_session, start, submit, wait_for_ledger};
 use kiln_proto::v1;
 
 /// Opens a session as `id` with `slots`, asks for `want` tasks, and keeps every lease it gets
@@ -112,42 +112,12 @@ async fn a_forged_heartbeat_from_a_non_member_is_refused_and_the_node_stays_heal
     node.shutdown().await;
 }
 
-/// A session that answers every task it gets with `reply(lease)`, until aborted.
-async fn replying_session(
-    node: &kiln_scheduler::Running,
-    id: &str,
-    reply: fn(v1::LeaseRef) -> v1::worker_message::Msg,
-) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<v1::WorkerMessage>(64);
-    let msg = |m| v1::WorkerMessage { msg: Some(m) };
-    let hello = v1::Hello { worker_id: id.into(), slots: 1, renderers: vec!["loudness".into()], ..Default::default() };
-    tx.send(msg(v1::worker_message::Msg::Hello(hello))).await.expect("hello");
-    tx.send(msg(v1::worker_message::Msg::Want(v1::Want { count: 10 }))).await.expect("want");
-    let address = format!("http://{}", node.grpc_addr());
-    let mut client = v1::worker_session_client::WorkerSessionClient::connect(address).await.expect("connect");
-    let mut incoming =
-        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("session").into_inner();
-    tokio::spawn(async move {
-        let _client = client;
-        while let Ok(Some(m)) = incoming.message().await {
-            if let Some(v1::scheduler_message::Msg::Assign(assign)) = m.msg {
-                for a in assign.tasks {
-                    let Some(lease) = a.lease else { continue };
-                    if tx.send(msg(reply(lease))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_too_large_to_store_fails_the_task_and_errors_are_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path()).await;
     submit(&node, jobs("huge", 1)).await;
-    let session = replying_session(&node, "bloated", |lease| {
+    let session = replying_session(&node, "bloated", "", |lease| {
         let result = v1::TaskResult { metadata_json: "x".repeat(1 << 20), ..Default::default() };
         v1::worker_message::Msg::Completed(v1::Completed { lease: Some(lease), result: Some(result) })
     })
@@ -159,7 +129,7 @@ async fn a_result_too_large_to_store_fails_the_task_and_errors_are_cut() {
     assert!(error.contains("result was refused") && error.contains("metadata of 1048576 bytes"), "{error}");
 
     submit(&node, common::jobs("long-error", 1)).await;
-    let session = replying_session(&node, "verbose", |lease| {
+    let session = replying_session(&node, "verbose", "", |lease| {
         let error = "e".repeat(1 << 20);
         v1::worker_message::Msg::Failed(v1::Failed { lease: Some(lease), error, permanent: true, timings: vec![] })
     })

@@ -56,19 +56,35 @@ pub async fn submit(node: &kiln_scheduler::Running, jobs: Vec<v1::EncodeJob>) {
 /// A worker session serving only `queue` that reports every task it gets as permanently failed
 /// with `error`; it lives until the returned task is aborted.
 pub async fn failing_worker(node: &kiln_scheduler::Running, queue: &str, error: &str) -> tokio::task::JoinHandle<()> {
-    let address = format!("http://{}", node.grpc_addr());
     let error = error.to_owned();
+    replying_session(node, "w-scripted", queue, move |lease| {
+        let failed = v1::Failed { lease: Some(lease), error: error.clone(), permanent: true, timings: vec![] };
+        v1::worker_message::Msg::Failed(failed)
+    })
+    .await
+}
+
+/// A worker session `id` serving `queue` ("" is the default queue) that answers every task it is
+/// given with `reply(lease)`; it lives until the returned task is aborted.
+pub async fn replying_session(
+    node: &kiln_scheduler::Running,
+    id: &str,
+    queue: &str,
+    reply: impl Fn(v1::LeaseRef) -> v1::worker_message::Msg + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let address = format!("http://{}", node.grpc_addr());
     let (tx, rx) = tokio::sync::mpsc::channel::<v1::WorkerMessage>(64);
     let msg = |m| v1::WorkerMessage { msg: Some(m) };
+    let queues = if queue.is_empty() { vec![] } else { vec![queue.to_owned()] };
     tx.send(msg(v1::worker_message::Msg::Hello(v1::Hello {
-        worker_id: "w-scripted".into(),
+        worker_id: id.into(),
         hostname: "test".into(),
         slots: 1,
         cores: 1,
         speed: 1.0,
         version: "test".into(),
         renderers: vec!["loudness".into()],
-        queues: vec![queue.to_owned()],
+        queues,
         ..Default::default()
     })))
     .await
@@ -82,8 +98,8 @@ pub async fn failing_worker(node: &kiln_scheduler::Running, queue: &str, error: 
         while let Ok(Some(m)) = incoming.message().await {
             if let Some(v1::scheduler_message::Msg::Assign(assign)) = m.msg {
                 for a in assign.tasks {
-                    let failed = v1::Failed { lease: a.lease, error: error.clone(), permanent: true, timings: vec![] };
-                    if tx.send(msg(v1::worker_message::Msg::Failed(failed))).await.is_err() {
+                    let Some(lease) = a.lease else { continue };
+                    if tx.send(msg(reply(lease))).await.is_err() {
                         return;
                     }
                 }
