@@ -44,6 +44,9 @@ pub struct WorkerOptions {
     /// Masters longer than this are refused (permanent error).
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
+    /// Most bytes of decoded audio (4 per sample per channel) one master may expand to: checked
+    /// from the header and while decoding, so a small compressed file cannot take all memory.
+    pub max_decoded_bytes: u64,
     /// Artwork sizes in pixels (longest side).
     pub artwork_sizes: Vec<u32>,
     /// S3-compatible endpoint for `s3://` locations (MinIO, Ceph, …); unset means AWS, or
@@ -86,6 +89,7 @@ impl Default for WorkerOptions {
             max_master_bytes: 2 << 30,
             master_memory_bytes: None,
             max_duration: Duration::from_secs(60 * 60),
+            max_decoded_bytes: 3 << 30,
             artwork_sizes: vec![1400, 500, 250],
             s3_endpoint: None,
             s3_path_style: true,

@@ -26,13 +26,22 @@ pub struct DecodeLimits {
     /// Longest master accepted, checked from the header when it states a length and while
     /// decoding otherwise (so a headerless stream cannot grow the PCM without bound).
     pub max_duration_secs: f64,
+    /// Most bytes of decoded PCM (4 per sample per channel), checked from the header when it
+    /// states a length and while decoding: a small compressed file (a FLAC of constant
+    /// subframes, say) can otherwise expand to more memory than the machine has long before it
+    /// reaches the duration limit.
+    pub max_decoded_bytes: u64,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_bytes: 2 << 30, max_duration_secs: 3600.0 }
+        // One hour of stereo at 96 kHz is 2.8 GB of PCM.
+        Self { max_bytes: 2 << 30, max_duration_secs: 3600.0, max_decoded_bytes: 3 << 30 }
     }
 }
+
+/// Bytes one decoded sample takes (f32).
+const SAMPLE_BYTES: u64 = 4;
 
 /// Samples below this magnitude everywhere (about -90 dBFS) mean a silent master: nothing to
 /// measure, and almost always a broken export rather than intended content.
@@ -182,6 +191,12 @@ fn decode_unchecked(bytes: &[u8], hint: Option<&str>, limits: &DecodeLimits) -> 
         if secs > limits.max_duration_secs {
             return Err(too_long(secs, limits));
         }
+        if let Some(c) = header_channels {
+            let decoded = frames.saturating_mul(c as u64).saturating_mul(SAMPLE_BYTES);
+            if decoded > limits.max_decoded_bytes {
+                return Err(too_big(decoded, limits));
+            }
+        }
     }
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
@@ -237,6 +252,10 @@ fn decode_unchecked(bytes: &[u8], hint: Option<&str>, limits: &DecodeLimits) -> 
                     let secs = samples.len() as f64 / count as f64 / f64::from(sample_rate);
                     return Err(too_long(secs, limits));
                 }
+                let decoded = (samples.len() as u64).saturating_mul(SAMPLE_BYTES);
+                if decoded > limits.max_decoded_bytes {
+                    return Err(too_big(decoded, limits));
+                }
             }
             Err(SymphoniaError::DecodeError(e)) => {
                 errors_in_a_row += 1;
@@ -288,6 +307,14 @@ fn truncated(promised: u64, held: u64, sample_rate: u32, from_size: bool) -> Err
         if from_size { "at most " } else { "" },
         held as f64 / f64::from(sample_rate)
     ))
+}
+
+fn too_big(decoded: u64, limits: &DecodeLimits) -> Error {
+    Error::TooLarge {
+        what: "decoded audio",
+        actual: format!("at least {decoded} bytes of PCM"),
+        limit: format!("{} bytes (max_decoded_bytes)", limits.max_decoded_bytes),
+    }
 }
 
 fn too_long(secs: f64, limits: &DecodeLimits) -> Error {
@@ -451,6 +478,73 @@ pub(crate) mod tests {
                 Err(err) => assert!(!err.to_string().contains("panic"), "{err}"),
             }
         }
+    }
+
+    fn crc8(bytes: &[u8]) -> u8 {
+        bytes.iter().fold(0u8, |mut crc, b| {
+            crc ^= b;
+            for _ in 0..8 {
+                crc = if crc & 0x80 != 0 { (crc << 1) ^ 0x07 } else { crc << 1 };
+            }
+            crc
+        })
+    }
+
+    fn crc16(bytes: &[u8]) -> u16 {
+        bytes.iter().fold(0u16, |mut crc, b| {
+            crc ^= u16::from(*b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x8005 } else { crc << 1 };
+            }
+            crc
+        })
+    }
+
+    /// A FLAC bomb: stereo 16-bit 44.1 kHz, no length in its header, `frames` frames of 65,535
+    /// samples whose subframes are CONSTANT (three bytes each). 1.5 KB expands to 52 MB of PCM.
+    fn flac_of_constant_frames(frames: u8) -> Vec<u8> {
+        let mut out = b"fLaC".to_vec();
+        out.extend_from_slice(&[0x80, 0, 0, 34]); // the last metadata block: STREAMINFO, 34 bytes
+        out.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]); // min and max block size: 65535
+        out.extend_from_slice(&[0; 6]); // min and max frame size: unknown
+                                        // 20 bits of sample rate (44100), 3 of channels - 1 (1), 5 of bits - 1 (15), 36 of total
+                                        // samples (0: unknown), then the MD5 (zeros: unknown).
+        let packed: u64 = (44_100u64 << 44) | (1 << 41) | (15 << 36);
+        out.extend_from_slice(&packed.to_be_bytes());
+        out.extend_from_slice(&[0; 16]);
+        for n in 0..frames.min(127) {
+            // Sync, fixed blocking; block size from the 16 bits at the end of the header; rate
+            // from STREAMINFO; two independent channels; 16 bits; frame number `n`.
+            let mut frame = vec![0xff, 0xf8, 0x70, 0x18, n, 0xff, 0xfe];
+            frame.push(crc8(&frame));
+            for value in [0x1000u16, 0xf000] {
+                frame.push(0x00); // a CONSTANT subframe, no wasted bits
+                frame.extend_from_slice(&value.to_be_bytes());
+            }
+            let crc = crc16(&frame);
+            frame.extend_from_slice(&crc.to_be_bytes());
+            out.extend_from_slice(&frame);
+        }
+        out
+    }
+
+    #[test]
+    fn decoded_audio_is_capped_from_the_header_and_while_decoding() {
+        let limits = DecodeLimits { max_decoded_bytes: 10 << 20, ..DecodeLimits::default() };
+        // The header states the length: refused before decoding.
+        let long = wav(44_100, 2, &sine(44_100, 2, 40.0, 440.0, 0.5));
+        let err = decode(&long, Some("wav"), &limits).expect_err("over the cap");
+        assert!(matches!(err, Error::TooLarge { what: "decoded audio", .. }), "{err}");
+        assert!(err.to_string().contains("14112000 bytes"), "{err}");
+
+        // No length in the header: stopped while decoding, once past the cap.
+        let bomb = flac_of_constant_frames(100);
+        assert!(bomb.len() < 2_000, "{} bytes", bomb.len());
+        let err = decode(&bomb, Some("flac"), &limits).expect_err("a FLAC bomb");
+        assert!(matches!(err, Error::TooLarge { what: "decoded audio", .. }), "{err}");
+        // The same stream, short enough, decodes: the cap is what stopped it.
+        let small = decode(&flac_of_constant_frames(2), Some("flac"), &limits).expect("two frames decode");
+        assert_eq!((small.channels, small.frames()), (2, 2 * 65_535));
     }
 
     #[test]

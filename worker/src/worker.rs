@@ -78,6 +78,7 @@ impl Worker {
         let limits = kiln_render::DecodeLimits {
             max_bytes: opts.max_master_bytes,
             max_duration_secs: opts.max_duration.as_secs_f64(),
+            max_decoded_bytes: opts.max_decoded_bytes,
         };
         let pipeline = kiln_render::Pipeline::new(kiln_render::PipelineConfig {
             limits,
