@@ -210,7 +210,19 @@ impl Scheduler for Api {
         request: Request<v1::MembershipRequest>,
     ) -> Result<Response<v1::ClusterResponse>, Status> {
         let change = convert::member_change_from_pb(request.into_inner())?;
-        self.handle.change_membership(change).await.map_err(from_propose)?.map_err(Status::failed_precondition)?;
+        // A leader elected a moment ago (removing the old leader hands leadership over first)
+        // refuses membership changes until it has applied its first entry: wait that out here
+        // rather than fail the operator's command.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.handle.change_membership(change.clone()).await.map_err(from_propose)? {
+                Ok(_) => break,
+                Err(e) if e == crate::node::CONF_CHANGE_PENDING && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(Status::failed_precondition(e)),
+            }
+        }
         let status = self.handle.status().await.map_err(from_propose)?;
         Ok(Response::new(convert::cluster_to_pb(&status)))
     }

@@ -100,6 +100,10 @@ pub enum MemberChange {
 
 /// The members after a change, or why raft refused it (the same refusal on every replica).
 pub type MembershipOutcome = Result<Vec<(u64, String)>, String>;
+
+/// The refusal of a membership change while another is pending — including, right after an
+/// election, the new leader's own catch-up: transient, so worth retrying.
+pub const CONF_CHANGE_PENDING: &str = "another membership change is still in progress; retry when it is applied";
 pub(crate) type MembershipReply = oneshot::Sender<Result<MembershipOutcome, ProposeError>>;
 
 pub(crate) type ReadFn = Box<dyn FnOnce(&Ledger, &NodeStatus) + Send>;
@@ -851,7 +855,7 @@ impl Node {
                     Some(outcome) => Ok(outcome),
                     // raft-rs turns a conf change proposed while another is pending into an empty
                     // entry rather than an error.
-                    None => Ok(Err("another membership change is still in progress; retry when it is applied".into())),
+                    None => Ok(Err(CONF_CHANGE_PENDING.into())),
                 };
                 let _ = reply.send(answer);
             }
