@@ -4,16 +4,64 @@
 //! JSONL: one object per line with the EncodeJob fields. CSV: a header naming the columns
 //! `request_id,release_id,asset_id,asset_guid,derivative_assets` (plus optional `queue`,
 //! `priority`, `max_attempts`); `derivative_assets` separates renderers with `;`, `|` or spaces.
-//! Blank lines and lines starting with `#` are skipped.
+//! Blank lines and lines starting with `#` are skipped. A JSONL line longer than
+//! [`MAX_LINE_BYTES`] or not UTF-8 is a bad line like any other: the reader never holds more than
+//! one bounded line, whatever the file holds.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use anyhow::Context as _;
 use kiln_proto::v1;
 use kiln_types::BUILTIN_RENDERERS;
 use serde::Deserialize;
+
+/// Longest JSONL line read (a job takes a few hundred bytes).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// One JSONL line as read: its text, or why it has none.
+enum Line {
+    Text(String),
+    TooLong(usize),
+    NotUtf8(std::str::Utf8Error),
+}
+
+/// The next line of `reader` (without its newline), holding at most [`MAX_LINE_BYTES`] + 1 bytes
+/// of it; `None` at the end.
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    let limit = MAX_LINE_BYTES as u64 + 1;
+    if reader.by_ref().take(limit).read_until(b'\n', buf)? == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_LINE_BYTES {
+        // Skip the rest of the line a buffer at a time.
+        let mut length = buf.len();
+        loop {
+            let chunk = reader.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let (used, done) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            reader.consume(used);
+            length += used;
+            if done {
+                break;
+            }
+        }
+        return Ok(Some(Line::TooLong(length)));
+    }
+    Ok(Some(match std::str::from_utf8(buf) {
+        Ok(text) => Line::Text(text.to_owned()),
+        Err(e) => Line::NotUtf8(e),
+    }))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -71,8 +119,23 @@ pub fn read(
     let file = File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?;
     match format {
         Format::Jsonl => {
-            for (i, line) in BufReader::new(file).lines().enumerate() {
-                let line = line.with_context(|| format!("{}: cannot read line {}", path.display(), i + 1))?;
+            let mut reader = BufReader::new(file);
+            let mut buf = Vec::new();
+            for i in 0.. {
+                let line = next_line(&mut reader, &mut buf)
+                    .with_context(|| format!("{}: cannot read line {}", path.display(), i + 1))?;
+                let line = match line {
+                    None => break,
+                    Some(Line::Text(text)) => text,
+                    Some(Line::TooLong(n)) => {
+                        each(i + 1, Err(format!("a line of {n} bytes (the longest read is {MAX_LINE_BYTES})")));
+                        continue;
+                    }
+                    Some(Line::NotUtf8(e)) => {
+                        each(i + 1, Err(format!("not UTF-8: {e}")));
+                        continue;
+                    }
+                };
                 let trimmed = line.trim();
                 if trimmed.is_empty() || trimmed.starts_with('#') {
                     continue;
@@ -185,6 +248,31 @@ mod tests {
         assert_eq!(lines, vec![3, 4, 5]);
         assert!(bad[0].reason.contains("asset_guid"), "{}", bad[0].reason);
         assert!(bad[1].reason.contains("sparkle"), "{}", bad[1].reason);
+    }
+
+    #[test]
+    fn a_huge_or_non_utf8_line_is_one_bad_line_and_the_rest_is_read() {
+        let good =
+            r#"{"request_id":"r1","release_id":1,"asset_id":1,"asset_guid":"a.wav","derivative_assets":["bpm"]}"#;
+        let mut bytes = format!("{good}\n").into_bytes();
+        bytes.extend(std::iter::repeat_n(b'x', 10 << 20));
+        bytes.extend_from_slice(b"\n\xff\xfe not text\n");
+        bytes.extend_from_slice(good.replace("r1", "r2").as_bytes());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.jsonl");
+        std::fs::write(&path, &bytes).expect("write");
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        read(&path, Format::Jsonl, |line, r| match r {
+            Ok(j) => ok.push((line, j.request_id)),
+            Err(reason) => bad.push((line, reason)),
+        })
+        .expect("read");
+        assert_eq!(ok, vec![(1, "r1".to_owned()), (4, "r2".to_owned())]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad[0].0, 2);
+        assert!(bad[0].1.contains("a line of 10485761 bytes"), "{}", bad[0].1);
+        assert_eq!(bad[1].0, 3);
+        assert!(bad[1].1.contains("not UTF-8"), "{}", bad[1].1);
     }
 
     #[test]
