@@ -261,6 +261,7 @@ mod tests {
             Just(Command::PurgeDeadLetters { filter: DeadLetterFilter { all: true, ..DeadLetterFilter::default() } }),
             Just(Command::CollectGarbage),
             Just(Command::EnableFeature { name: crate::features::FENCED_SESSIONS.into() }),
+            Just(Command::EnableFeature { name: crate::features::FORGET_GONE_WORKERS.into() }),
             (0u8..3).prop_map(|n| Command::OpenSession { spec: spec(n) }),
             (0u8..3, 1u64..4).prop_map(|(n, session)| Command::CloseSession { worker: wid(n), session }),
         ]

@@ -16,6 +16,10 @@
 //!                                          the feature's commands
 //! ```
 //!
+//! A feature may also change what an existing command does (`forget_gone_workers` makes
+//! `CollectGarbage` remove long-gone workers): that, too, must wait until every replica would do
+//! the same, so it is gated the same way.
+//!
 //! Two rules keep a replica from ever applying what it does not understand: a replica refuses to
 //! start from a snapshot with a feature it does not support ([`Support::check_enabled`]), and it
 //! halts rather than apply a committed command beyond its support ([`Support::check`]).
@@ -45,6 +49,9 @@ pub const FORMAT: u32 = 2;
 /// Name of the feature that fences worker sessions (`OpenSession` / `CloseSession`).
 pub const FENCED_SESSIONS: &str = "fenced_sessions";
 
+/// Name of the feature under which garbage collection also forgets workers that are gone.
+pub const FORGET_GONE_WORKERS: &str = "forget_gone_workers";
+
 /// One entry of the registry of known features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureSpec {
@@ -58,13 +65,24 @@ pub struct FeatureSpec {
 
 /// Every feature this build knows, oldest first. A feature is never removed from this table:
 /// a ledger may have it enabled.
-pub const FEATURES: &[FeatureSpec] = &[FeatureSpec {
-    name: FENCED_SESSIONS,
-    description: "worker sessions carry an identity the ledger assigns, so the late close of an old \
-                  session can no longer mark a reconnected worker disconnected",
-    min_format: 2,
-    commands: &["OpenSession", "CloseSession"],
-}];
+pub const FEATURES: &[FeatureSpec] = &[
+    FeatureSpec {
+        name: FENCED_SESSIONS,
+        description: "worker sessions carry an identity the ledger assigns, so the late close of an old \
+                      session can no longer mark a reconnected worker disconnected",
+        min_format: 2,
+        commands: &["OpenSession", "CloseSession"],
+    },
+    FeatureSpec {
+        name: FORGET_GONE_WORKERS,
+        description: "garbage collection also removes the record of a worker disconnected for longer than \
+                      gc_ttl and holding no lease, so a fleet that churns through worker ids (autoscaled \
+                      pods) does not grow the ledger without bound",
+        min_format: 2,
+        // No new command: `CollectGarbage` does more, which every replica must agree to first.
+        commands: &[],
+    },
+];
 
 /// The registry entry of `name`.
 pub fn lookup(name: &str) -> Option<&'static FeatureSpec> {
@@ -249,6 +267,11 @@ impl Features {
         }
         self.sessions.remove(worker);
         true
+    }
+
+    /// Forgets `worker`'s session (its record is being removed).
+    pub(crate) fn forget(&mut self, worker: &WorkerId) {
+        self.sessions.remove(worker);
     }
 
     /// Nothing enabled and no gated state: what format 1 snapshots, which cannot hold more.

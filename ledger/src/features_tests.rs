@@ -40,11 +40,14 @@ fn connected(ledger: &Ledger, worker: &str) -> bool {
 }
 
 #[test]
-fn every_registered_feature_has_a_format_this_build_reads_and_names_its_commands() {
+fn every_registered_feature_has_a_format_this_build_reads_and_says_what_it_changes() {
     for f in FEATURES {
         assert!((BASE_FORMAT..=FORMAT).contains(&f.min_format), "{}", f.name);
-        assert!(!f.commands.is_empty() && !f.description.is_empty(), "{}", f.name);
+        assert!(!f.description.is_empty(), "{}", f.name);
     }
+    // Every command newer than the first format belongs to some feature.
+    let gated: BTreeSet<&str> = FEATURES.iter().flat_map(|f| f.commands.iter().copied()).collect();
+    assert!(gated.contains("OpenSession") && gated.contains("CloseSession"));
     let names: BTreeSet<&str> = FEATURES.iter().map(|f| f.name).collect();
     assert_eq!(names.len(), FEATURES.len(), "feature names are unique");
 }
@@ -184,4 +187,35 @@ fn emulating_a_format_above_this_build_is_this_build() {
     let support = Support::emulating(FORMAT + 5);
     assert_eq!(support.max_format, FORMAT);
     assert_eq!(support.features, Support::this_build().features);
+}
+
+#[test]
+fn garbage_collection_forgets_gone_workers_only_once_the_feature_is_enabled() {
+    let config = LedgerConfig { gc_ttl_ms: 60_000, ..LedgerConfig::default() };
+    let mut ledger = Ledger::new(config);
+    let later = NOW + 60_001;
+    for name in ["gone", "here"] {
+        ledger.apply(Command::RegisterWorker { spec: spec(name) }, NOW);
+    }
+    ledger.apply(Command::DisconnectWorker { worker: wid("gone") }, NOW);
+    assert_eq!(ledger.next_gc_at(), None, "nothing is due while the feature is off");
+    ledger.apply(Command::CollectGarbage, later);
+    assert!(ledger.worker(&wid("gone")).is_some(), "kept while the feature is off");
+
+    let outcome = ledger.apply(Command::EnableFeature { name: FORGET_GONE_WORKERS.into() }, later).outcome;
+    assert_eq!(outcome, Ok(Outcome::Count(1)));
+    assert_eq!(ledger.next_gc_at(), Some(NOW + 60_000), "due gc_ttl after the worker left");
+    ledger.apply(Command::CollectGarbage, NOW + 30_000);
+    assert!(ledger.worker(&wid("gone")).is_some(), "kept until gc_ttl has passed");
+    let before = ledger.digest();
+    ledger.apply(Command::CollectGarbage, later);
+    assert!(ledger.worker(&wid("gone")).is_none(), "a worker gone for gc_ttl is forgotten");
+    assert!(ledger.worker(&wid("here")).is_some(), "a connected worker stays");
+    assert_ne!(ledger.digest(), before);
+    assert_eq!(ledger.next_gc_at(), None);
+    ledger.check_invariants().expect("invariants");
+
+    // It comes back as new when it registers again.
+    ledger.apply(Command::RegisterWorker { spec: spec("gone") }, later);
+    assert!(connected(&ledger, "gone"));
 }

@@ -123,6 +123,21 @@ impl Ledger {
 
     /// When the oldest terminal task becomes collectable, so the shell knows when GC has work.
     pub fn next_gc_at(&self) -> Option<Millis> {
-        self.ix.finished.first().map(|(at, _)| at.saturating_add(self.config.gc_ttl_ms))
+        let tasks = self.ix.finished.first().map(|(at, _)| *at);
+        // With `forget_gone_workers`, a worker gone without leases is due too (a walk over the
+        // workers: a fleet is thousands, not millions).
+        let workers = self
+            .features
+            .is_enabled(crate::features::FORGET_GONE_WORKERS)
+            .then(|| {
+                self.workers
+                    .values()
+                    .filter(|w| !w.connected && w.leased == 0)
+                    .filter(|w| self.ix.by_worker.get(&w.spec.id).is_none_or(|held| held.is_empty()))
+                    .map(|w| w.last_seen)
+                    .min()
+            })
+            .flatten();
+        tasks.into_iter().chain(workers).min().map(|at| at.saturating_add(self.config.gc_ttl_ms))
     }
 }

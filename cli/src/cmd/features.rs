@@ -43,7 +43,7 @@ pub async fn list(ctx: &Context) -> anyhow::Result<()> {
                 state.to_owned(),
                 f.min_format.to_string(),
                 if ids.is_empty() { "-".into() } else { ids.join(",") },
-                f.commands.join(", "),
+                if f.commands.is_empty() { "–".to_owned() } else { f.commands.join(", ") },
             ]
         })
         .collect();
@@ -70,6 +70,10 @@ pub async fn enable(ctx: &Context, name: String) -> anyhow::Result<()> {
     if ctx.output == OutputFormat::Json {
         return output::json(&feature_json(&feature));
     }
-    println!("feature {} enabled; the cluster now uses {}", feature.name, feature.commands.join(", "));
+    if feature.commands.is_empty() {
+        println!("feature {} enabled", feature.name);
+    } else {
+        println!("feature {} enabled; the cluster now uses {}", feature.name, feature.commands.join(", "));
+    }
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! `Cancel`, `RequeueDeadLetters`, `PurgeDeadLetters` and `CollectGarbage`: how tasks end and
 //! what happens to them afterwards (a dead letter may be requeued; a finished task is eventually
-//! dropped, its count kept in the totals).
+//! dropped, its count kept in the totals; with `forget_gone_workers`, so is a worker long gone).
 
 use std::collections::BTreeSet;
 
-use kiln_types::TaskId;
+use kiln_types::{TaskId, WorkerId};
 
 use crate::command::{DeadLetterFilter, Effect, Outcome, Rejection};
 use crate::engine::{Note, Step};
+use crate::features::FORGET_GONE_WORKERS;
 use crate::task::{EventKind, Task, TaskState};
 use crate::Ledger;
 use crate::Millis;
@@ -87,12 +88,33 @@ impl Ledger {
         Outcome::Count(ids.len() as u64)
     }
 
+    /// Drops tasks finished before `now - gc_ttl` (their counts stay), and with
+    /// `forget_gone_workers` enabled the records of workers gone as long and holding no lease.
+    /// The count is of tasks.
     pub(crate) fn collect_garbage(&mut self, now: Millis) -> Outcome {
         let horizon = now.saturating_sub(self.config.gc_ttl_ms);
         let old: Vec<TaskId> = self.ix.finished.range(..=(horizon, TaskId(u64::MAX))).map(|(_, id)| *id).collect();
         for id in &old {
             self.drop_task(*id);
         }
+        if self.features.is_enabled(FORGET_GONE_WORKERS) {
+            for worker in self.gone_workers(horizon) {
+                if let Some(record) = self.workers.remove(&worker) {
+                    self.ix.sums.remove_worker(&record);
+                }
+                self.features.forget(&worker);
+            }
+        }
         Outcome::Count(old.len() as u64)
+    }
+
+    /// Workers disconnected since before `horizon` that hold no lease.
+    pub(crate) fn gone_workers(&self, horizon: Millis) -> Vec<WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| !w.connected && w.last_seen <= horizon && w.leased == 0)
+            .filter(|w| self.ix.by_worker.get(&w.spec.id).is_none_or(|held| held.is_empty()))
+            .map(|w| w.spec.id.clone())
+            .collect()
     }
 }
