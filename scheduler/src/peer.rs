@@ -1,7 +1,8 @@
 //! The `kiln.v1.RaftPeer` service: Raft messages from other scheduler nodes, as opaque bytes.
 //!
 //! Ordinary messages arrive in batches (`Step`); a snapshot arrives alone, in chunks
-//! (`StepChunked`), and is reassembled here before the node sees it.
+//! (`StepChunked`), and is reassembled here before the node sees it, one stream at a time and at
+//! most `MAX_SNAPSHOT_BYTES`. What reaches raft-rs is decided by `peer_guard`.
 
 use kiln_proto::v1::{self, raft_peer_server::RaftPeer};
 use protobuf::Message as _;
@@ -14,11 +15,14 @@ use crate::transport::MAX_SNAPSHOT_BYTES;
 
 pub struct PeerService {
     handle: Handle,
+    /// One snapshot stream at a time: each may hold up to `MAX_SNAPSHOT_BYTES` while it is
+    /// reassembled, and a node needs at most one (its leader's).
+    snapshot_stream: tokio::sync::Semaphore,
 }
 
 impl PeerService {
     pub fn new(handle: Handle) -> Self {
-        Self { handle }
+        Self { handle, snapshot_stream: tokio::sync::Semaphore::new(1) }
     }
 
     async fn step_bytes(&self, bytes: &[u8]) -> Result<(), Status> {
@@ -38,6 +42,9 @@ impl RaftPeer for PeerService {
     }
 
     async fn step_chunked(&self, request: Request<Streaming<v1::RaftChunk>>) -> Result<Response<v1::RaftAck>, Status> {
+        let Ok(_stream) = self.snapshot_stream.try_acquire() else {
+            return Err(Status::resource_exhausted("another snapshot is being received; retry when it is done"));
+        };
         let mut chunks = request.into_inner();
         let mut message = Vec::new();
         while let Some(chunk) = chunks.next().await {
