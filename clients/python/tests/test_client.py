@@ -1,0 +1,172 @@
+"""The Python client against a real three-node Kiln cluster and a real worker.
+
+Run from the repository root after `cargo build -p kiln` and `python3 clients/python/generate.py`:
+
+    python3 -m unittest discover -s clients/python/tests -v
+
+`KILN_BIN` names the kiln binary (default: $CARGO_TARGET_DIR/debug/kiln, else target/debug/kiln).
+"""
+
+import math
+import os
+import pathlib
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import uuid
+import wave
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent.parent
+sys.path.insert(0, str(HERE.parent))
+
+from kiln_client import Client, EncodeJob, KilnError, TaskState  # noqa: E402
+import grpc  # noqa: E402
+
+
+def kiln_binary() -> pathlib.Path:
+    if os.environ.get("KILN_BIN"):
+        return pathlib.Path(os.environ["KILN_BIN"])
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target / "debug" / "kiln"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_tone(path: pathlib.Path, seconds: float = 2.0, rate: int = 22_050) -> None:
+    frames = b"".join(
+        struct.pack("<h", int(12_000 * math.sin(2 * math.pi * 440 * i / rate))) for i in range(int(seconds * rate))
+    )
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+
+
+class ClusterTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        binary = kiln_binary()
+        if not binary.is_file():
+            raise unittest.SkipTest(f"no kiln binary at {binary}: run `cargo build -p kiln` first")
+        cls.dir = tempfile.TemporaryDirectory()
+        root = pathlib.Path(cls.dir.name)
+        ports = [(free_port(), free_port()) for _ in range(3)]
+        cls.addresses = [f"http://127.0.0.1:{g}" for g, _ in ports]
+        cls.processes = []
+        cls.logs = []
+        for node_id, (grpc_port, http_port) in enumerate(ports, start=1):
+            config = root / f"node-{node_id}.toml"
+            lines = [
+                "[scheduler]",
+                f"node_id = {node_id}",
+                f'data_dir = "{root / f"node-{node_id}"}"',
+                f'listen = "127.0.0.1:{grpc_port}"',
+                f'http_listen = "127.0.0.1:{http_port}"',
+                'raft_tick = "50ms"',
+            ]
+            for peer_id, address in enumerate(cls.addresses, start=1):
+                lines += ["[[scheduler.peers]]", f"id = {peer_id}", f'address = "{address}"']
+            config.write_text("\n".join(lines) + "\n")
+            cls._start(binary, ["scheduler", "--config", str(config)], root / f"node-{node_id}.log")
+        cls.masters, derivatives = root / "masters", root / "derivatives"
+        cls.masters.mkdir()
+        for i in range(3):
+            write_tone(cls.masters / f"tone-{i}.wav")
+        worker = [
+            "--scheduler", ",".join(cls.addresses), "worker", "--id", "py-worker", "--slots", "2", "--no-pin",
+            "--masters", str(cls.masters), "--derivatives", str(derivatives),
+        ]
+        cls._start(binary, worker, root / "worker.log")
+
+    @classmethod
+    def _start(cls, binary, args, log_path):
+        log = open(log_path, "wb")
+        cls.logs.append((log_path, log))
+        cls.processes.append(subprocess.Popen([str(binary), *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in cls.processes:
+            p.kill()
+            p.wait()
+        for _, log in cls.logs:
+            log.close()
+        cls.dir.cleanup()
+
+    def logs_text(self) -> str:
+        return "\n".join(f"---- {path.name}\n{path.read_text(errors='replace')[-3000:]}" for path, _ in self.logs)
+
+    def leader_and_followers(self, client: Client):
+        cluster = client.status().cluster
+        leader = cluster.leader_address
+        return leader, [a for a in self.addresses if a != leader]
+
+    def wait_for_workers(self, client: Client):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if any(w.id == "py-worker" and w.connected for w in client.workers()):
+                    return
+            except KilnError:
+                pass
+            time.sleep(0.2)
+        self.fail("the worker never connected\n" + self.logs_text())
+
+    def test_jobs_submitted_from_python_render_and_can_be_followed(self):
+        with Client(self.addresses) as client:
+            self.wait_for_workers(client)
+            _, followers = self.leader_and_followers(client)
+        # Start at a follower: the client must follow the leader to submit.
+        with Client(followers) as client:
+            jobs = [
+                EncodeJob(
+                    request_id=str(uuid.uuid4()),
+                    release_id=42,
+                    asset_id=i,
+                    asset_guid=f"tone-{i}.wav",
+                    derivative_assets=["loudness", "bpm"],
+                )
+                for i in range(3)
+            ]
+            results = client.submit(jobs)
+            self.assertEqual(len(results), 3)
+            self.assertTrue(all(r.created for r in results))
+            again = client.submit(jobs[:1])
+            self.assertEqual((again[0].task_id, again[0].created), (results[0].task_id, False), "idempotent")
+
+            done = client.wait([j.request_id for j in jobs], timeout=120)
+            states = [t.state for t in done]
+            self.assertEqual(states, [TaskState.TASK_STATE_SUCCEEDED] * 3, self.logs_text())
+            self.assertIn("loudness", done[0].result.metadata_json)
+
+            listed = list(client.tasks(release_id=42, page_size=2))
+            self.assertEqual(sorted(t.id for t in listed), sorted(r.task_id for r in results), "all pages")
+            status = client.status()
+            self.assertGreaterEqual(status.total.succeeded, 3)
+            one = client.task(task_id=results[1].task_id)
+            self.assertEqual(one.job.asset_guid, "tone-1.wav")
+
+    def test_a_refused_call_raises_with_the_grpc_code(self):
+        with Client(self.addresses) as client:
+            bad = EncodeJob(request_id=str(uuid.uuid4()), asset_guid="x.wav", derivative_assets=["no-such-renderer"])
+            with self.assertRaises(KilnError) as caught:
+                client.submit([bad])
+            self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("unknown renderer", caught.exception.message)
+            with self.assertRaises(KilnError) as caught:
+                client.task(task_id=999_999)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+
+
+if __name__ == "__main__":
+    unittest.main()
