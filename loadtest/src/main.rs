@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::ToSocketAddrs as _;
+
 use anyhow::Context as _;
 use clap::Parser;
 
@@ -55,6 +57,13 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Put an emulated WAN between the workers and the scheduler: this round trip (e.g. 80ms)
+    /// on every worker connection (submitters stay local). See `kiln_testkit::wan`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wan_rtt: Option<Duration>,
+    /// With --wan-rtt: the link's bandwidth in each direction, in Mbit/s (default: unlimited).
+    #[arg(long, requires = "wan_rtt")]
+    wan_mbit: Option<f64>,
     #[command(flatten)]
     cluster: chaos::ClusterArgs,
     /// Heterogeneous-fleet scenario: one simulated worker per `--speeds` entry, heavy-tailed
@@ -141,6 +150,22 @@ async fn main() -> anyhow::Result<()> {
         Some(s) => format!("http://{}", s.grpc_addr()),
         None => args.scheduler.clone(),
     };
+    // The workers reach the scheduler through the WAN, if there is one.
+    let wan = match args.wan_rtt {
+        Some(rtt) => {
+            let target = address
+                .trim_start_matches("http://")
+                .to_socket_addrs()
+                .context("the scheduler address for --wan-rtt")?
+                .next()
+                .context("the scheduler address resolves to nothing")?;
+            let bytes_per_sec = args.wan_mbit.map(|m| (m * 1e6 / 8.0) as u64);
+            let link = kiln_testkit::wan::Link { rtt, bytes_per_sec };
+            Some(kiln_testkit::wan::WanProxy::start(target, link).await.context("starting the WAN proxy")?)
+        }
+        None => None,
+    };
+    let worker_address = wan.as_ref().map_or_else(|| address.clone(), |w| format!("http://{}", w.addr));
     let run_id = format!("lt-{}", std::process::id());
     let probe = Arc::new(worker::Probe::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -148,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     for w in 0..args.workers {
         let spec = worker::Spec {
             id: format!("{run_id}-w{w}"),
-            schedulers: vec![address.clone()],
+            schedulers: vec![worker_address.clone()],
             slots: args.slots,
             prefetch: args.prefetch,
             speed: 1.0,

@@ -1,13 +1,15 @@
 //! Dev-only fixtures for Kiln's tests: masters with known content, free ports, real `kiln`
 //! processes that a test can start, kill -9, pause, SIGTERM and restart, and a [`TestCluster`]
-//! of scheduler nodes and workers built from them.
+//! of scheduler nodes and workers built from them, and a [`wan::WanProxy`] that puts a wide-area
+//! link (latency, bandwidth) between two of them.
 //!
 //! Nothing here is used by the scheduler, the worker or the CLI (the loadtest borrows its port
-//! picker); it exists so end-to-end tests read like the scenario they check ("kill the scheduler,
+//! picker and its WAN); it exists so end-to-end tests read like the scenario they check ("kill the scheduler,
 //! restart it, every task still ends once").
 
 mod cluster;
 mod process;
+pub mod wan;
 mod wav;
 
 pub use cluster::{Node, TestCluster};
