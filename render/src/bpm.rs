@@ -232,7 +232,8 @@ impl Onsets {
 }
 
 /// The candidate metrical levels of a track and their evidence: for the accuracy tool, which
-/// fits `meter::WEIGHTS` on annotated sets.
+/// fits `meter::WEIGHTS` on annotated sets (through `synth`).
+#[cfg_attr(not(feature = "synth"), allow(dead_code))]
 pub fn levels(signal: &Analysis) -> Result<Vec<(f64, meter::Evidence)>, Error> {
     if (signal.flux.len() as f64) < MIN_SECONDS * signal.frame_rate() {
         return Err(unsupported("too short for a tempo".into()));

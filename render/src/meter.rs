@@ -30,7 +30,8 @@
 /// Number of measurements per candidate level.
 pub const FEATURES: usize = 8;
 
-/// Names of the measurements, in order (for the accuracy tool's feature dump).
+/// Names of the measurements, in order (for the accuracy tool's feature dump, through `synth`).
+#[cfg_attr(not(feature = "synth"), allow(dead_code))]
 pub const FEATURE_NAMES: [&str; FEATURES] =
     ["log2_tempo", "log2_tempo_sq", "salience", "backbeat", "ternary", "ternary_level", "bass_on", "bass_between"];
 
