@@ -77,6 +77,11 @@ enum Command {
     /// Connected workers, their slots and leases.
     Workers(cmd::workers::Args),
     /// Stop leasing to a worker so it empties before its machine goes down.
+    ///
+    /// The scheduler leases it nothing more; the tasks it holds finish (or are stolen by idle
+    /// workers) as usual. Watch `kiln workers --watch` until its LEASED column is 0, then stop
+    /// the worker. The drain is recorded in the ledger (every scheduler honours it) and lasts
+    /// until the worker registers again: a restart, or a reconnect after a network failure.
     Drain(cmd::drain::Args),
     /// Raft members, leader, term, commit and applied index, releases and feature flags.
     Cluster(cmd::cluster::Args),
