@@ -21,6 +21,9 @@ pub struct WorkerOptions {
     pub pin_cores: bool,
     /// Leased tasks held ahead of each slot, downloading while the slot renders.
     pub prefetch: usize,
+    /// Hold more than `prefetch` when the round trip to the scheduler is long against the render
+    /// time (a WAN): `ceil(round trip / render time)` per slot, measured, at most 15.
+    pub auto_prefetch: bool,
     /// Relative speed reported to the scheduler (1.0 = the reference core). Unset: measured at
     /// start-up by a short benchmark. Work stealing only moves tasks to workers with at least
     /// two thirds of the victim's speed, so set it where the benchmark misleads (a shared host).
@@ -91,6 +94,7 @@ impl Default for WorkerOptions {
             max_duration: Duration::from_secs(60 * 60),
             max_decoded_bytes: 3 << 30,
             artwork_sizes: vec![1400, 500, 250],
+            auto_prefetch: false,
             s3_endpoint: None,
             s3_path_style: true,
             store_allow_http: false,

@@ -267,6 +267,7 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
             schedulers: addresses.clone(),
             slots: load.slots,
             prefetch: load.prefetch,
+            auto_prefetch: false,
             speed: 1.0,
             pace: Pace::Fixed(Duration::from_millis(load.task_ms)),
         };

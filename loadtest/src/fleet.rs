@@ -110,6 +110,7 @@ pub async fn run_once(o: &Options, steal: bool) -> anyhow::Result<serde_json::Va
             schedulers: vec![address.clone()],
             slots: o.slots,
             prefetch: o.prefetch,
+            auto_prefetch: false,
             speed: *speed,
             pace: Pace::PerTask { durations_ms: durations.clone(), speed: *speed },
         };

@@ -45,6 +45,9 @@ struct Args {
     /// Tasks each worker holds ahead of its slots.
     #[arg(long, default_value_t = 1)]
     prefetch: u32,
+    /// Workers size their prefetch from the measured round trip (at least --prefetch).
+    #[arg(long)]
+    auto_prefetch: bool,
     /// Jobs per Submit call.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -176,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             schedulers: vec![worker_address.clone()],
             slots: args.slots,
             prefetch: args.prefetch,
+            auto_prefetch: args.auto_prefetch,
             speed: 1.0,
             pace: worker::Pace::Fixed(Duration::from_millis(args.task_ms)),
         };

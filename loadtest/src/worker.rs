@@ -220,6 +220,7 @@ pub struct Spec {
     pub schedulers: Vec<String>,
     pub slots: u32,
     pub prefetch: u32,
+    pub auto_prefetch: bool,
     pub speed: f64,
     pub pace: Pace,
 }
@@ -237,6 +238,7 @@ pub fn spawn(
         slots: Some(spec.slots as usize),
         pin_cores: false,
         prefetch: spec.prefetch as usize,
+        auto_prefetch: spec.auto_prefetch,
         speed: Some(spec.speed),
         master_memory_bytes: Some(1 << 30),
         drain_grace: Duration::from_secs(2),

@@ -38,6 +38,7 @@ mod leases;
 mod manifest;
 mod metrics;
 mod observe;
+mod prefetch;
 mod session;
 mod slots;
 mod storage;

@@ -31,6 +31,7 @@ use crate::error::{Error, TaskError};
 use crate::leases::{key_of, lease_ref, LeaseKey, Leases, Revoked};
 use crate::metrics::Metrics;
 use crate::observe::Observer;
+use crate::prefetch::AutoPrefetch;
 use crate::session::{self, Event, Session, Status, Working};
 use crate::slots::{Render, Slots, Stage};
 use crate::storage::Storage;
@@ -183,7 +184,9 @@ impl Worker {
             events: events_rx,
             events_open: true,
             metrics: metrics.clone(),
-            target,
+            slots: slots_n,
+            prefetch: opts.prefetch,
+            auto_prefetch: opts.auto_prefetch.then(|| AutoPrefetch::new(opts.prefetch, slots_n)),
             drain: None,
             drain_grace: opts.drain_grace,
             cold_start: Some(started),
@@ -235,8 +238,10 @@ struct Core {
     events: mpsc::Receiver<Event>,
     events_open: bool,
     metrics: Arc<Metrics>,
-    /// Leases to hold: slots × (1 + prefetch).
-    target: usize,
+    slots: usize,
+    /// Leases held ahead of each slot: the configured one, or measured ([`AutoPrefetch`]).
+    prefetch: usize,
+    auto_prefetch: Option<AutoPrefetch>,
     drain: Option<Drain>,
     drain_grace: Duration,
     /// When the worker started, until its first lease: the cold-start figure operators watch
@@ -288,11 +293,17 @@ impl Core {
         }
     }
 
+    /// Leases to hold: slots × (1 + prefetch).
+    fn target(&self) -> usize {
+        let prefetch = self.auto_prefetch.as_ref().map_or(self.prefetch, AutoPrefetch::prefetch);
+        self.slots.saturating_mul(1 + prefetch)
+    }
+
     fn publish(&self) {
         let held = self.leases.held();
         self.metrics.set_held(self.leases.held_count());
         let draining = self.drain.is_some();
-        let want = if draining { 0 } else { self.leases.want(self.target) };
+        let want = if draining { 0 } else { self.leases.want(self.target()) };
         let working = self.leases.working().into_iter().map(|(key, stage)| Working { key, stage }).collect();
         let next = Status { held, want, draining, working };
         self.status.send_if_modified(|s| {
@@ -363,6 +374,9 @@ impl Core {
             }
             Event::Revoke { leases, reason } => {
                 for lease in leases {
+                    if let Some(auto) = &mut self.auto_prefetch {
+                        auto.forget(key_of(&lease));
+                    }
                     let revoked = self.leases.revoke(key_of(&lease));
                     if let Some(o) = &self.observer {
                         o.revoked(lease, revoked == Revoked::Dropped);
@@ -382,6 +396,9 @@ impl Core {
             Event::Acked { lease, accepted } => {
                 if let Some(o) = &self.observer {
                     o.acked(lease_ref(lease), accepted);
+                }
+                if let Some(auto) = &mut self.auto_prefetch {
+                    auto.acked(lease, std::time::Instant::now());
                 }
                 self.leases.acked(lease)
             }
@@ -437,9 +454,17 @@ impl Core {
 
     async fn on_task_done(&mut self, key: LeaseKey, report: Option<Report>) {
         match report {
-            None => self.leases.forget_working(key),
+            None => {
+                self.leases.forget_working(key);
+                if let Some(auto) = &mut self.auto_prefetch {
+                    auto.forget(key);
+                }
+            }
             Some(report) => {
                 if self.leases.reported(key) {
+                    if let Some(auto) = &mut self.auto_prefetch {
+                        auto.reported(key, std::time::Instant::now());
+                    }
                     self.report(report).await;
                 }
             }
