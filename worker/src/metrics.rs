@@ -34,6 +34,8 @@ pub struct Metrics {
     slots: Gauge,
     busy_slots: Gauge,
     held: Gauge,
+    /// Tasks held ahead of each slot: the configured prefetch, or the measured one.
+    prefetch: Gauge,
     /// Leases not started yet (prefetched), as of the latest heartbeat.
     buffered: Gauge,
     completed: Counter,
@@ -60,6 +62,7 @@ impl Metrics {
             slots: Gauge::default(),
             busy_slots: Gauge::default(),
             held: Gauge::default(),
+            prefetch: Gauge::default(),
             buffered: Gauge::default(),
             completed: Counter::default(),
             failed: Family::default(),
@@ -90,6 +93,11 @@ impl Metrics {
         r.register("kiln_worker_slots", "Render slots of this worker.", self.slots.clone());
         r.register("kiln_worker_busy_slots", "Slots rendering right now.", self.busy_slots.clone());
         r.register("kiln_worker_held_leases", "Leases held and not yet reported.", self.held.clone());
+        r.register(
+            "kiln_worker_prefetch_per_slot",
+            "Tasks this worker holds ahead of each slot: its prefetch, or with auto_prefetch the one it measured.",
+            self.prefetch.clone(),
+        );
         r.register(
             "kiln_worker_prefetched_tasks",
             "Leases held but not started (prefetch depth).",
@@ -140,6 +148,10 @@ impl Metrics {
 
     pub fn busy_slots(&self) -> u32 {
         u32::try_from(self.busy_slots.get()).unwrap_or(0)
+    }
+
+    pub fn set_prefetch(&self, n: usize) {
+        self.prefetch.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn set_held(&self, n: usize) {

@@ -293,15 +293,20 @@ impl Core {
         }
     }
 
+    /// Tasks to hold ahead of each slot.
+    fn prefetch(&self) -> usize {
+        self.auto_prefetch.as_ref().map_or(self.prefetch, AutoPrefetch::prefetch)
+    }
+
     /// Leases to hold: slots × (1 + prefetch).
     fn target(&self) -> usize {
-        let prefetch = self.auto_prefetch.as_ref().map_or(self.prefetch, AutoPrefetch::prefetch);
-        self.slots.saturating_mul(1 + prefetch)
+        self.slots.saturating_mul(1 + self.prefetch())
     }
 
     fn publish(&self) {
         let held = self.leases.held();
         self.metrics.set_held(self.leases.held_count());
+        self.metrics.set_prefetch(self.prefetch());
         let draining = self.drain.is_some();
         let want = if draining { 0 } else { self.leases.want(self.target()) };
         let working = self.leases.working().into_iter().map(|(key, stage)| Working { key, stage }).collect();

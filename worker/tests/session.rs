@@ -775,3 +775,48 @@ fn bad_options_are_refused_with_a_reason() {
 /// The same worker against a loopback S3 server, with faults.
 #[path = "session/s3.rs"]
 mod s3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_wan_auto_prefetch_holds_enough_ahead_to_cover_the_round_trip() {
+    let mut h = Harness::new().await;
+    let names: Vec<String> = (0..200).map(|i| format!("wan-{i}.wav")).collect();
+    for n in &names {
+        h.sine(n, 0.01);
+    }
+    // Every byte between the worker and the scheduler takes 40 ms each way.
+    let scheduler = h.scheduler.as_ref().expect("scheduler").grpc_addr();
+    let link = kiln_testkit::wan::Link { rtt: Duration::from_millis(80), bytes_per_sec: None };
+    let wan = kiln_testkit::wan::WanProxy::start(scheduler, link).await.expect("WAN proxy");
+    let (quick, _started, _gate) = Scripted::new(false, 0);
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", kiln_testkit::free_port()).parse().expect("addr");
+    let opts = kiln_config::WorkerOptions {
+        schedulers: vec![format!("http://{}", wan.addr)],
+        auto_prefetch: true,
+        http_listen: Some(http),
+        ..h.worker_options("w-far", 2)
+    };
+    let worker = spawn(Worker::with_renderer(opts, quick).expect("worker"));
+    let jobs: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["loudness"][..])).collect();
+    let ids = h.submit(&jobs).await;
+
+    // Renders take a few milliseconds and the round trip 80, so the measured prefetch goes from
+    // the configured 1 up to its cap; the worker's metrics say which is in force.
+    let metrics_at = http;
+    let mut highest = 0.0f64;
+    let started = Instant::now();
+    loop {
+        highest = highest.max(sample(&http_get(metrics_at, "/metrics").await, "kiln_worker_prefetch_per_slot"));
+        let tasks = h.tasks().await;
+        if ids.iter().all(|id| tasks.iter().any(|t| t.id == *id && is_terminal(t))) {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the tasks did not finish; the prefetch reached {highest}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(highest > 1.0, "the prefetch never grew past the configured 1 across an 80 ms link");
+    assert!(highest <= 15.0, "{highest}: past the cap");
+    let done = h.wait_terminal(&ids).await;
+    assert!(done.iter().all(|t| t.state() == v1::TaskState::Succeeded));
+    worker.finish().await;
+    h.shutdown().await;
+}
