@@ -48,6 +48,7 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     tokio::pin!(shutdown);
@@ -59,6 +60,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        while connections.try_join_next().is_some() {}
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -75,7 +77,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
@@ -83,8 +85,9 @@ pub async fn serve(
         });
     }
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
-        tracing::debug!("HTTP connections still open at shutdown were closed");
+        tracing::debug!(open = connections.len(), "HTTP connections still open at shutdown are closed");
     }
+    connections.shutdown().await;
 }
 
 #[cfg(test)]
@@ -119,6 +122,36 @@ mod tests {
         let mut reply = String::new();
         ok.read_to_string(&mut reply).await.expect("read");
         assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_never_ends_is_closed_after_the_shutdown_grace() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let endless = || async { axum::body::Body::from_stream(never_ending()) };
+        let app = axum::Router::new().route("/", axum::routing::get(endless));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = Limits { shutdown_grace: Duration::from_millis(200), ..Limits::default() };
+        let server = tokio::spawn(serve(listener, app, limits, async move {
+            let _ = stopped.await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("the response starts");
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns after the grace")
+            .expect("join");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the endless stream was still open after shutdown");
+    }
+
+    /// A body stream that never yields and never ends (like a quiet Server-Sent Events stream).
+    fn never_ending() -> impl tokio_stream::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static {
+        tokio_stream::pending()
     }
 
     #[tokio::test]
