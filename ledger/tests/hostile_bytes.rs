@@ -8,8 +8,13 @@ use std::path::PathBuf;
 use kiln_ledger::codec;
 use proptest::prelude::*;
 
-/// Every golden fixture: real entries and snapshots of every format this build reads.
-fn fixtures() -> Vec<Vec<u8>> {
+/// Every golden fixture: real entries and snapshots of every format this build reads (read once).
+fn fixtures() -> &'static [Vec<u8>] {
+    static FIXTURES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    FIXTURES.get_or_init(read_fixtures)
+}
+
+fn read_fixtures() -> Vec<Vec<u8>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut out = Vec::new();
     for version in std::fs::read_dir(&root).expect("golden dir") {
