@@ -22,6 +22,8 @@ pub fn files_under(root: &Path) -> anyhow::Result<Listing> {
     let real_root = root.canonicalize().with_context(|| format!("cannot resolve {}", root.display()))?;
     let mut listing = Listing::default();
     let mut dirs_seen = HashSet::from([real_root.clone()]);
+    // Each file with where it really is, resolved once.
+    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
     let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_string_lossy().replace('\\', "/");
     // Depth first in name order, so the same folder always yields the same names (request ids
     // are derived from them, and a re-run must admit nothing twice).
@@ -44,15 +46,15 @@ pub fn files_under(root: &Path) -> anyhow::Result<Listing> {
                     subdirs.push(path);
                 }
             } else {
-                listing.files.push(path);
+                files.push((path, real));
             }
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    listing.files.sort();
     // A file reached by several names is listed under the first of them in name order.
+    files.sort();
     let mut targets: HashSet<PathBuf> = HashSet::new();
-    listing.files.retain(|p| p.canonicalize().map(|real| targets.insert(real)).unwrap_or(false));
+    listing.files = files.into_iter().filter(|(_, real)| targets.insert(real.clone())).map(|(path, _)| path).collect();
     Ok(listing)
 }
 
