@@ -19,5 +19,9 @@ pub mod metrics;
 pub use client::{Client, ClientError};
 pub use convert::{job_from_pb, job_to_pb, ConvertError};
 
+/// Most leases a worker session holds per slot, rendering and prefetched together: the scheduler
+/// clips a `Want` beyond it, and a worker sizing its own prefetch stays under it.
+pub const MAX_LEASES_PER_SLOT: u32 = 16;
+
 /// The encoded `FileDescriptorSet`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");

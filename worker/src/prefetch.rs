@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use crate::leases::LeaseKey;
 
-/// The deepest prefetch chosen automatically; the scheduler allows 16 leases per slot.
-pub const MAX_AUTO: usize = 15;
+/// The deepest prefetch chosen automatically: one slot's rendering lease plus this many fill the
+/// scheduler's allowance per slot.
+pub const MAX_AUTO: usize = kiln_proto::MAX_LEASES_PER_SLOT as usize - 1;
 
 /// Weight of a new sample in the running averages.
 const ALPHA: f64 = 0.2;

@@ -34,7 +34,7 @@ pub(super) const STEAL_PLAN_EVERY: Duration = Duration::from_millis(100);
 /// Most leases a worker holds per slot (rendering and prefetched together), however much it asks
 /// for: a `Want` beyond this is clipped, so no session can take the whole queue and sit on it.
 /// Workers ask for `slots × (1 + prefetch)`; this leaves room for a prefetch of up to 15.
-pub const MAX_HELD_PER_SLOT: u32 = 16;
+pub const MAX_HELD_PER_SLOT: u32 = kiln_proto::MAX_LEASES_PER_SLOT;
 
 /// One round's lookups: who can lease now, who is idle (with the room it has), who is unknown.
 struct Round {
