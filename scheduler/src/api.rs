@@ -171,15 +171,7 @@ impl Scheduler for Api {
 
     async fn drain_worker(&self, request: Request<v1::DrainWorkerRequest>) -> Result<Response<v1::WorkerInfo>, Status> {
         let id = WorkerId::new(request.into_inner().worker_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let worker = id.clone();
-        let connected = self.handle.read_fresh(move |l, _| l.worker(&worker).map(|w| w.connected)).await;
-        match connected.map_err(from_propose)? {
-            None => return Err(Status::not_found(format!("no worker {id} has ever registered"))),
-            Some(false) => {
-                return Err(Status::failed_precondition(format!("worker {id} is not connected: nothing to drain")))
-            }
-            Some(true) => {}
-        }
+        drainable(&self.handle, &id).await?;
         self.propose(Command::DrainWorker { worker: id.clone() }).await?;
         let info = self
             .handle
@@ -249,6 +241,18 @@ impl Scheduler for Api {
     ) -> Result<Response<v1::Feature>, Status> {
         let name = request.into_inner().name;
         Ok(Response::new(crate::upgrade::enable(&self.handle, &self.support, name.trim()).await?))
+    }
+}
+
+/// Whether an operator may drain `id` now: a worker never seen is NOT_FOUND, one not connected
+/// FAILED_PRECONDITION (the ledger would mark it, and its next registration clear it, for nothing).
+/// The API and the dashboard both ask this before proposing `DrainWorker`.
+pub(crate) async fn drainable(handle: &Handle, id: &WorkerId) -> Result<(), Status> {
+    let worker = id.clone();
+    match handle.read_fresh(move |l, _| l.worker(&worker).map(|w| w.connected)).await.map_err(from_propose)? {
+        None => Err(Status::not_found(format!("no worker {id} has ever registered"))),
+        Some(false) => Err(Status::failed_precondition(format!("worker {id} is not connected: nothing to drain"))),
+        Some(true) => Ok(()),
     }
 }
 

@@ -244,6 +244,11 @@ async fn act(
         let body = actions::confirm_body(action, &form, &what, count, &ui.csrf);
         return Html(page(section, "Confirm", &node, &body)).into_response();
     }
+    if let kiln_ledger::Command::DrainWorker { worker } = &command {
+        if let Err(status) = crate::api::drainable(&ui.handle, worker).await {
+            return refused(StatusCode::CONFLICT, status.message().to_owned());
+        }
+    }
     match ui.handle.propose(command).await {
         Ok(Ok(outcome)) => {
             Html(page(section, "Done", &node, &actions::done_body(action, &form, &outcome))).into_response()
