@@ -24,13 +24,19 @@ struct Shared {
     health: Health,
 }
 
-pub fn router(handle: Handle, hub: Arc<Hub>, health: Health, sampler: Arc<crate::ui::Sampler>) -> Router {
+pub fn router(
+    handle: Handle,
+    hub: Arc<Hub>,
+    health: Health,
+    sampler: Arc<crate::ui::Sampler>,
+    support: kiln_ledger::Support,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .with_state(Shared { handle: handle.clone(), hub: hub.clone(), health })
-        .merge(crate::ui::router(handle, hub, sampler))
+        .merge(crate::ui::router(handle, hub, sampler, support))
 }
 
 pub async fn serve(
@@ -38,11 +44,12 @@ pub async fn serve(
     handle: Handle,
     hub: Arc<Hub>,
     health: Health,
+    support: kiln_ledger::Support,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let sampler = crate::ui::Sampler::new();
     let sampling = tokio::spawn(sampler.clone().run(handle.clone(), hub.clone()));
-    let app = router(handle, hub, health, sampler);
+    let app = router(handle, hub, health, sampler, support);
     kiln_proto::http::serve(listener, app, kiln_proto::http::Limits::default(), shutdown).await;
     sampling.abort();
 }

@@ -288,6 +288,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         }
     });
     let http_handle = handle.clone();
+    let http_support = support(opts);
     let http_hub = hub.clone();
     let http_health = health.clone();
     let mut http_stop = stop_rx;
@@ -295,7 +296,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         let shutdown = async move {
             let _ = http_stop.wait_for(|s| *s).await;
         };
-        http::serve(http_listener, http_handle, http_hub, http_health, shutdown).await;
+        http::serve(http_listener, http_handle, http_hub, http_health, http_support, shutdown).await;
     });
     tracing::info!(node = opts.node_id, %grpc_addr, %http_addr, data_dir = %opts.data_dir.display(), "scheduler started");
     Ok(Running { handle, grpc_addr, http_addr, stop, hub, tasks, node_thread: Some(node_thread), health })

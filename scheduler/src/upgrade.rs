@@ -41,7 +41,7 @@ pub(crate) struct Report {
 }
 
 /// One member's own report, `None` if it does not answer within [`ASK_TIMEOUT`].
-pub(crate) async fn ask(address: String) -> Option<v1::NodeSupport> {
+async fn ask(address: String) -> Option<v1::NodeSupport> {
     let mut client = kiln_proto::Client::new([address]).ok()?;
     client.deadline = ASK_TIMEOUT;
     client.attempt_timeout = ASK_TIMEOUT;
@@ -58,6 +58,12 @@ pub(crate) async fn survey(handle: &Handle, own: &Support) -> Result<(Vec<Report
             (status.id, members, l.features().clone(), support_to_pb(&own, l.features()))
         })
         .await?;
+    Ok((ask_all(me, members, mine).await, enabled))
+}
+
+/// Every member's report, at once: this node (`me`) answers from memory with `mine`, the others
+/// over gRPC.
+pub(crate) async fn ask_all(me: u64, members: Vec<(u64, String)>, mine: v1::NodeSupport) -> Vec<Report> {
     let asks = members.into_iter().map(|(id, address)| {
         let mine = mine.clone();
         async move {
@@ -65,7 +71,7 @@ pub(crate) async fn survey(handle: &Handle, own: &Support) -> Result<(Vec<Report
             Report { id, address, support }
         }
     });
-    Ok((futures::future::join_all(asks).await, enabled))
+    futures::future::join_all(asks).await
 }
 
 /// One line per member that does not support `spec`, saying why.

@@ -46,10 +46,12 @@ struct Ui {
     sampler: Arc<Sampler>,
     /// This process's CSRF token: random, only ever written into its own pages.
     csrf: Arc<str>,
+    /// What this node supports, for its own row of the cluster page.
+    support: kiln_ledger::Support,
 }
 
 /// The `/ui` routes. `sampler` must be running ([`Sampler::run`]) for live updates and the chart.
-pub fn router(handle: Handle, hub: Arc<Hub>, sampler: Arc<Sampler>) -> Router {
+pub fn router(handle: Handle, hub: Arc<Hub>, sampler: Arc<Sampler>, support: kiln_ledger::Support) -> Router {
     let csrf: Arc<str> = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()).into();
     Router::new()
         .route("/ui", get(overview_page))
@@ -66,7 +68,7 @@ pub fn router(handle: Handle, hub: Arc<Hub>, sampler: Arc<Sampler>) -> Router {
         .route("/ui/static/app.js", get(|| asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))))
         .route("/ui/static/favicon.svg", get(|| asset("image/svg+xml", include_str!("assets/favicon.svg"))))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(Ui { handle, hub, sampler, csrf })
+        .with_state(Ui { handle, hub, sampler, csrf, support })
 }
 
 async fn security_headers(mut response: Response) -> Response {
@@ -175,14 +177,17 @@ async fn workers_page(State(ui): State<Ui>) -> Response {
 
 async fn cluster_page(State(ui): State<Ui>) -> Response {
     let now = now_ms();
-    match ui.handle.read(move |l, node| (node.clone(), l.digest(), html::node_line(node, now))).await {
-        Ok((status, digest, node)) => {
-            // Every member answers for its own release (this one too, over the same RPC), at once.
-            let asks = status.members.iter().map(|(id, address, _)| {
-                let address = address.clone();
-                async move { (*id, crate::upgrade::ask(address).await) }
-            });
-            let releases = futures::future::join_all(asks).await.into_iter().collect();
+    let own = ui.support.clone();
+    let read = ui.handle.read(move |l, node| {
+        let mine = crate::convert::support_to_pb(&own, l.features());
+        (node.clone(), l.digest(), html::node_line(node, now), mine)
+    });
+    match read.await {
+        Ok((status, digest, node, mine)) => {
+            // Every other member answers for its own release, at once; this one from memory.
+            let members = status.members.iter().map(|(id, address, _)| (*id, address.clone())).collect();
+            let reports = crate::upgrade::ask_all(status.id, members, mine).await;
+            let releases = reports.into_iter().map(|r| (r.id, r.support)).collect();
             let body = fleet::cluster_body(&status, digest, &releases);
             Html(page(Section::Cluster, "Cluster", &node, &body)).into_response()
         }
