@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{jobs, replying_session, start, submit, wait_for_ledger};
+use common::{jobs, replying_session, session, start, submit, wait_for_ledger};
 use kiln_proto::v1;
 
 /// Opens a session as `id` with `slots`, asks for `want` tasks, and keeps every lease it gets
@@ -16,8 +16,6 @@ async fn greedy_session(
     slots: u32,
     want: u32,
 ) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<v1::WorkerMessage>(8);
-    let msg = |m| v1::WorkerMessage { msg: Some(m) };
     let hello = v1::Hello {
         worker_id: id.into(),
         hostname: "h".repeat(10_000),
@@ -28,16 +26,7 @@ async fn greedy_session(
         renderers: vec!["loudness".into()],
         ..Default::default()
     };
-    tx.send(msg(v1::worker_message::Msg::Hello(hello))).await.expect("hello");
-    tx.send(msg(v1::worker_message::Msg::Want(v1::Want { count: want }))).await.expect("want");
-    let address = format!("http://{}", node.grpc_addr());
-    let mut client = v1::worker_session_client::WorkerSessionClient::connect(address).await.expect("connect");
-    let mut incoming =
-        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("session").into_inner();
-    tokio::spawn(async move {
-        let _keep = (client, tx);
-        while let Ok(Some(_)) = incoming.message().await {}
-    })
+    session(node, hello, want, |_| None).await
 }
 
 fn leased_to(l: &kiln_ledger::Ledger, id: &str) -> u32 {

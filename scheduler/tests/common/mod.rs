@@ -72,11 +72,7 @@ pub async fn replying_session(
     queue: &str,
     reply: impl Fn(v1::LeaseRef) -> v1::worker_message::Msg + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let address = format!("http://{}", node.grpc_addr());
-    let (tx, rx) = tokio::sync::mpsc::channel::<v1::WorkerMessage>(64);
-    let msg = |m| v1::WorkerMessage { msg: Some(m) };
-    let queues = if queue.is_empty() { vec![] } else { vec![queue.to_owned()] };
-    tx.send(msg(v1::worker_message::Msg::Hello(v1::Hello {
+    let hello = v1::Hello {
         worker_id: id.into(),
         hostname: "test".into(),
         slots: 1,
@@ -84,12 +80,26 @@ pub async fn replying_session(
         speed: 1.0,
         version: "test".into(),
         renderers: vec!["loudness".into()],
-        queues,
+        queues: if queue.is_empty() { vec![] } else { vec![queue.to_owned()] },
         ..Default::default()
-    })))
-    .await
-    .expect("hello");
-    tx.send(msg(v1::worker_message::Msg::Want(v1::Want { count: 100 }))).await.expect("want");
+    };
+    session(node, hello, 100, move |lease| Some(reply(lease))).await
+}
+
+/// A worker session that says `hello`, asks for `want` tasks and answers each task it is given
+/// with `reply(lease)`, or keeps it without a word (`None`); it lives until the returned task is
+/// aborted.
+pub async fn session(
+    node: &kiln_scheduler::Running,
+    hello: v1::Hello,
+    want: u32,
+    reply: impl Fn(v1::LeaseRef) -> Option<v1::worker_message::Msg> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let address = format!("http://{}", node.grpc_addr());
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::WorkerMessage>(64);
+    let msg = |m| v1::WorkerMessage { msg: Some(m) };
+    tx.send(msg(v1::worker_message::Msg::Hello(hello))).await.expect("hello");
+    tx.send(msg(v1::worker_message::Msg::Want(v1::Want { count: want }))).await.expect("want");
     let mut client = v1::worker_session_client::WorkerSessionClient::connect(address).await.expect("connect");
     let mut incoming =
         client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("session").into_inner();
@@ -97,10 +107,11 @@ pub async fn replying_session(
         let _client = client;
         while let Ok(Some(m)) = incoming.message().await {
             if let Some(v1::scheduler_message::Msg::Assign(assign)) = m.msg {
-                for a in assign.tasks {
-                    let Some(lease) = a.lease else { continue };
-                    if tx.send(msg(reply(lease))).await.is_err() {
-                        return;
+                for lease in assign.tasks.into_iter().filter_map(|a| a.lease) {
+                    if let Some(answer) = reply(lease) {
+                        if tx.send(msg(answer)).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
