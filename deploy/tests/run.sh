@@ -12,4 +12,6 @@ TAG="$KILN_IMAGE" PROFILE="${PROFILE:-dev}" deploy/build-image.sh
 echo "container suite: image built in ${SECONDS} s"
 docker image ls "$KILN_IMAGE" --format 'image {{.Repository}}:{{.Tag}} {{.Size}}'
 
-cargo test -p kiln-deploy-tests -- --ignored --test-threads 1 --nocapture
+# `--workspace --test compose` rather than `-p kiln-deploy-tests`: the same feature resolution as
+# `cargo test --workspace`, so nothing is rebuilt.
+cargo test --workspace --test compose -- --ignored --test-threads 1 --nocapture
