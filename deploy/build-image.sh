@@ -36,7 +36,7 @@ fi
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 root="$stage/rootfs"
-mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$stage/data/var/lib/kiln"
+mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$stage/data/var/lib/kiln" "$stage/data/etc/kiln/tls"
 chmod 1777 "$root/tmp"
 objcopy --strip-debug "$bin" "$root/usr/local/bin/kiln"
 cp "$CA_BUNDLE" "$root/etc/ssl/certs/ca-certificates.crt"
@@ -44,10 +44,10 @@ echo 'kiln:x:10001:10001:kiln:/var/lib/kiln:/sbin/nologin' > "$root/etc/passwd"
 echo 'kiln:x:10001:' > "$root/etc/group"
 printf 'hosts: files dns\n' > "$root/etc/nsswitch.conf"
 # Two tarballs, so ownership is set without root on the build host: everything root's, except
-# the scheduler's data directory, which belongs to the image's user (a volume mounted there
-# inherits it).
+# the scheduler's data directory and /etc/kiln/tls (where `kiln tls init` writes in compose),
+# which belong to the image's user (a volume mounted there inherits it).
 tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$stage/rootfs.tar" .
-tar --numeric-owner --owner=10001 --group=10001 -C "$stage/data" -cf "$stage/data.tar" var/lib/kiln
+tar --numeric-owner --owner=10001 --group=10001 -C "$stage/data" -cf "$stage/data.tar" var/lib/kiln etc/kiln/tls
 rm -rf "$root" "$stage/data"
 cp deploy/Dockerfile "$stage/Dockerfile"
 

@@ -40,6 +40,9 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    #[command(flatten)]
+    tls: cmd::TlsArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +90,8 @@ enum Command {
     Cluster(cmd::cluster::Args),
     /// Prove nothing was lost: every task in one terminal state, replicas identical.
     Audit(cmd::audit::Args),
+    /// Certificates and tokens for a cluster that runs mutual TLS.
+    Tls(cmd::tls::Args),
     /// Print shell completions: `kiln completion bash|zsh|fish|elvish|powershell`.
     Completion(cmd::completion::CompletionArgs),
     /// Write man pages for kiln and every command into a directory.
@@ -159,7 +164,7 @@ fn main() -> std::process::ExitCode {
         }
         _ => {}
     }
-    let ctx = cmd::Context { schedulers: cli.scheduler, output: cli.output };
+    let ctx = cmd::Context { schedulers: cli.scheduler, output: cli.output, tls: cli.tls };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo(a) => cmd::demo::run(&ctx, a).await,
@@ -177,6 +182,7 @@ fn main() -> std::process::ExitCode {
             Command::Drain(a) => cmd::drain::run(&ctx, a).await,
             Command::Cluster(a) => cmd::cluster::run(&ctx, a).await,
             Command::Audit(a) => cmd::audit::run(&ctx, a).await,
+            Command::Tls(a) => cmd::tls::run(&ctx, a),
             Command::Completion(_) | Command::Man(_) => Ok(()),
         }
     });

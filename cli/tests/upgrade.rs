@@ -136,7 +136,11 @@ impl Harness {
     fn replicas_agree(&self) -> Vec<v1::ClusterResponse> {
         let report = self
             .rt
-            .block_on(kiln_proto::audit::audit(&self.cluster.addresses(), None, Duration::from_secs(20)))
+            .block_on(kiln_proto::audit::audit(
+                kiln_proto::Client::new(self.cluster.addresses()).expect("addresses"),
+                None,
+                Duration::from_secs(20),
+            ))
             .expect("audit");
         assert!(report.replicas_agree, "replicas disagree: {:#?}\n{}", report.members, self.cluster.logs());
         report.members.into_iter().filter_map(|m| m.own).collect()

@@ -9,10 +9,12 @@
 
 mod layers;
 mod scheduler;
+mod tls;
 mod worker;
 
 pub use layers::{load, Error};
 pub use scheduler::{PeerOptions, SchedulerOptions};
+pub use tls::{CertIdentity, Role, TlsOptions, TokenOptions, SCHEDULER_SERVER_NAME};
 pub use worker::WorkerOptions;
 
 /// A whole config file: one section per process kind, each optional.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{Error, TlsOptions, TokenOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +79,14 @@ pub struct SchedulerOptions {
     /// The leader enables every feature flag as soon as every member supports it. Off by default:
     /// enabling is one-way (no rollback past it), so an operator should choose when.
     pub auto_enable_features: bool,
+    /// Mutual TLS on the gRPC port: clients, workers and peers must present a certificate signed
+    /// by `ca_file` (`kiln tls init` writes them all).
+    pub tls: Option<TlsOptions>,
+    /// Serve gRPC in plaintext, with no authentication, on an address other machines can reach.
+    /// Without it a scheduler listening beyond loopback refuses to start unless `[tls]` is set.
+    pub insecure: bool,
+    /// Bearer tokens accepted besides certificates (over TLS only), stored as SHA-256.
+    pub tokens: Vec<TokenOptions>,
 }
 
 impl Default for SchedulerOptions {
@@ -106,13 +114,25 @@ impl Default for SchedulerOptions {
             work_stealing: true,
             emulate_format: None,
             auto_enable_features: false,
+            tls: None,
+            insecure: false,
+            tokens: Vec::new(),
         }
     }
 }
 
 impl SchedulerOptions {
     pub fn advertise_address(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+        self.advertise.clone().unwrap_or_else(|| format!("{}://{}", self.scheme(), self.listen))
+    }
+
+    /// `https` when the gRPC port speaks TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Fills in `node_id = 0` from `peers` and `advertise` (see the field). Call before
@@ -155,6 +175,23 @@ impl SchedulerOptions {
         }
         if self.election_ticks < 3 {
             return bad("election_ticks must be at least 3".into());
+        }
+        if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+            return bad(format!(
+                "refusing to serve gRPC on {} in plaintext: anyone who reaches it could submit, cancel and \
+                 join the cluster. Set [tls] (`kiln tls init` writes the certificates), listen on loopback, \
+                 or set insecure = true on a network you trust",
+                self.listen
+            ));
+        }
+        if !self.tokens.is_empty() && self.tls.is_none() {
+            return bad("tokens are accepted over TLS only: set [tls] too, or remove them".into());
+        }
+        for token in &self.tokens {
+            token.validate().or_else(&bad)?;
+            if token.role == crate::Role::Peer {
+                return bad(format!("token {:?}: the peer role comes only from a node certificate", token.name));
+            }
         }
         if self.emulate_format == Some(0) {
             return bad(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{Error, TlsOptions};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -73,6 +73,8 @@ pub struct WorkerOptions {
     /// over the `AWS_*`/`GOOGLE_*`/`AZURE_*` environment. Credentials normally come from the
     /// environment; this is for the cases where they cannot.
     pub store_options: BTreeMap<String, String>,
+    /// Mutual TLS to the schedulers: this worker's certificate names its id (`kiln tls init`).
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for WorkerOptions {
@@ -102,6 +104,7 @@ impl Default for WorkerOptions {
             store_retries: 3,
             multipart_threshold: 16 << 20,
             store_options: BTreeMap::new(),
+            tls: None,
         }
     }
 }

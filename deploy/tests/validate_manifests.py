@@ -4,11 +4,14 @@
 - Kubernetes manifests — the base and every overlay, patches applied — against the API schemas of
   several Kubernetes versions (the kubernetes-validate package carries them), strictly: an
   unknown or misspelt field fails.
-- The Prometheus Operator resources (CRDs, no schema in that package) structurally.
+- The Prometheus Operator and cert-manager resources (CRDs, no schema in that package)
+  structurally: each scheduler pod has a certificate naming its Raft node, the workers get theirs
+  from the CSI driver naming their pod.
 - The promises the manifests make to each other: the worker's termination grace covers its
   preStop and drain, its CPU request equals its slots, the StatefulSet has one replica per
   Raft peer and its peers are the pods' stable names.
-- compose.yaml: three schedulers whose peer lists agree, workers that know all three.
+- compose.yaml: three schedulers whose peer lists agree, workers that know all three, every one
+  of them with its own certificate.
 - systemd units with `systemd-analyze verify`, where systemd is installed.
 Exits non-zero on the first kind of failure, printing every problem found.
 """
@@ -100,6 +103,13 @@ def check(variant, resources):
                 if not r.get("expr") or not (r.get("alert") or r.get("record")):
                     problems.append(f"{variant} {name}: {kind} rule {r} needs expr and alert or record")
             continue
+        if d["apiVersion"].startswith("cert-manager.io/"):
+            spec = d.get("spec", {})
+            if d["kind"] == "Certificate" and not (spec.get("secretName") and spec.get("issuerRef", {}).get("name")):
+                problems.append(f"{variant} {name}: {kind} {d['metadata']['name']} needs secretName and issuerRef")
+            if d["kind"] == "Issuer" and not (spec.get("selfSigned") is not None or spec.get("ca")):
+                problems.append(f"{variant} {name}: {kind} {d['metadata']['name']} needs selfSigned or ca")
+            continue
         if d["apiVersion"].startswith("monitoring.coreos.com/"):
             spec = d.get("spec", {})
             endpoints = spec.get("endpoints") or spec.get("podMetricsEndpoints")
@@ -130,9 +140,21 @@ def check(variant, resources):
     if len(peers) != sts["spec"]["replicas"]:
         problems.append(f"{variant} scheduler: {sts['spec']['replicas']} replicas but {len(peers)} peers")
     service = sts["spec"]["serviceName"]
-    expected = [f"http://kiln-scheduler-{i}.{service}:7450" for i in range(sts["spec"]["replicas"])]
+    expected = [f"https://kiln-scheduler-{i}.{service}:7450" for i in range(sts["spec"]["replicas"])]
     if peers != expected:
-        problems.append(f"{variant} scheduler: peers {peers} are not the pods' stable names {expected}")
+        problems.append(f"{variant} scheduler: peers {peers} are not the pods' stable names over TLS {expected}")
+    # Each pod's node certificate names the Raft node its address makes it.
+    for i in range(sts["spec"]["replicas"]):
+        cert = by_kind.get(("Certificate", f"kiln-scheduler-{i}"), {}).get("spec", {})
+        if cert.get("uris") != [f"spiffe://kiln/node/{i + 1}"] or "scheduler.kiln" not in cert.get("dnsNames", []):
+            problems.append(f"{variant} scheduler: kiln-scheduler-{i} needs a Certificate for spiffe://kiln/node/{i + 1} and scheduler.kiln")
+    if "$(POD_NAME).pem" not in (senv.get("KILN_SCHEDULER__TLS") or ""):
+        problems.append(f"{variant} scheduler: KILN_SCHEDULER__TLS must use the pod's own certificate")
+    csi = [v.get("csi", {}) for v in worker.get("volumes", []) if v.get("csi")]
+    if not any(c.get("volumeAttributes", {}).get("csi.cert-manager.io/uri-sans") == "spiffe://kiln/worker/${POD_NAME}" for c in csi):
+        problems.append(f"{variant} worker: needs a per-pod certificate naming spiffe://kiln/worker/${{POD_NAME}}")
+    if "https://" not in (wenv.get("KILN_WORKER__SCHEDULERS") or "") or not wenv.get("KILN_WORKER__TLS"):
+        problems.append(f"{variant} worker: must reach the schedulers over TLS")
     if senv.get("KILN_SCHEDULER__NODE_ID") != "0" or "$(POD_NAME)" not in senv.get("KILN_SCHEDULER__ADVERTISE", ""):
         problems.append(f"{variant} scheduler: node_id must be 0 (taken from peers) and advertise the pod name")
     if sts["spec"].get("podManagementPolicy") != "Parallel":
@@ -153,14 +175,21 @@ if len(schedulers) != 3:
     problems.append(f"compose: expected three schedulers, found {schedulers}")
 peer_lists = {s: peer_addresses(services[s]["environment"]["KILN_SCHEDULER__PEERS"]) for s in schedulers}
 for s, p in peer_lists.items():
-    if p != [f"http://{x}:7450" for x in schedulers]:
+    if p != [f"https://{x}:7450" for x in schedulers]:
         problems.append(f"compose: {s} lists peers {p}")
-    if services[s]["environment"]["KILN_SCHEDULER__ADVERTISE"] != f"http://{s}:7450":
+    if services[s]["environment"]["KILN_SCHEDULER__ADVERTISE"] != f"https://{s}:7450":
         problems.append(f"compose: {s} advertises the wrong address")
+    node = s.split("-")[1]
+    if f"node-{node}.pem" not in services[s]["environment"].get("KILN_SCHEDULER__TLS", ""):
+        problems.append(f"compose: {s} does not present node-{node}'s certificate")
 for s in (s for s in services if s.startswith("worker-")):
-    listed = re.findall(r"http://(scheduler-\d):7450", services[s]["environment"]["KILN_WORKER__SCHEDULERS"])
+    listed = re.findall(r"https://(scheduler-\d):7450", services[s]["environment"]["KILN_WORKER__SCHEDULERS"])
     if sorted(listed) != schedulers:
         problems.append(f"compose: {s} knows schedulers {listed}")
+    if f"{s}.pem" not in services[s]["environment"].get("KILN_WORKER__TLS", ""):
+        problems.append(f"compose: {s} does not present its own certificate")
+if "--if-missing" not in services.get("tls-init", {}).get("command", []):
+    problems.append("compose: tls-init must write the certificates once (--if-missing)")
 
 if shutil.which("systemd-analyze"):
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kiln_proto::v1;
+use kiln_proto::{v1, Credentials};
 
 use crate::worker::{self, Pace, Probe, Spec};
 
@@ -70,6 +70,10 @@ pub struct ClusterArgs {
     /// Seed for choosing random targets.
     #[arg(long, default_value_t = 1)]
     pub chaos_seed: u64,
+    /// Run the spawned nodes with mutual TLS: `kiln tls init` writes the certificates, workers
+    /// present theirs (ids `worker-1` …), submitters and the audit the admin's. Needs --cluster.
+    #[arg(long, requires = "cluster")]
+    pub tls: bool,
 }
 
 impl ClusterArgs {
@@ -140,25 +144,60 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(kiln_testkit::free_port())
 }
 
-fn spawn_cluster(args: &ClusterArgs, dir: &std::path::Path, max_live: u64) -> anyhow::Result<Vec<Node>> {
+fn kiln_binary(args: &ClusterArgs) -> anyhow::Result<PathBuf> {
     let binary = match &args.kiln_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("kiln"),
     };
     anyhow::ensure!(binary.exists(), "no kiln binary at {} (build it, or pass --kiln-bin)", binary.display());
+    Ok(binary)
+}
+
+/// With `--tls`: the directory of certificates `kiln tls init` wrote for `nodes` nodes and
+/// `workers` workers.
+fn tls_init(args: &ClusterArgs, dir: &std::path::Path, workers: u32) -> anyhow::Result<Option<PathBuf>> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let tls = dir.join("tls");
+    let out = std::process::Command::new(kiln_binary(args)?)
+        .args(["tls", "init", &tls.display().to_string(), "--nodes", &args.cluster.to_string()])
+        .args(["--workers", &workers.to_string()])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "kiln tls init: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(Some(tls))
+}
+
+fn spawn_cluster(
+    args: &ClusterArgs,
+    dir: &std::path::Path,
+    max_live: u64,
+    tls: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<Node>> {
+    let binary = kiln_binary(args)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let ports: Vec<(u16, u16)> =
         (0..args.cluster).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
     let mut peers = String::new();
     for (i, (grpc, _)) in ports.iter().enumerate() {
-        peers.push_str(&format!("[[scheduler.peers]]\nid = {}\naddress = \"http://127.0.0.1:{grpc}\"\n", i + 1));
+        peers.push_str(&format!("[[scheduler.peers]]\nid = {}\naddress = \"{scheme}://127.0.0.1:{grpc}\"\n", i + 1));
     }
     let mut nodes = Vec::new();
     for (i, (grpc, http)) in ports.iter().enumerate() {
         let id = i as u64 + 1;
         let config = dir.join(format!("node-{id}.toml"));
+        let tls_section = tls.map_or(String::new(), |t| {
+            let file = |name: String| format!("{:?}", t.join(name).display().to_string());
+            format!(
+                "[scheduler.tls]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
+                file("ca.pem".into()),
+                file(format!("node-{id}.pem")),
+                file(format!("node-{id}-key.pem"))
+            )
+        });
         let toml = format!(
             "[scheduler]\nnode_id = {id}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-             raft_tick = \"{}ms\"\nsnapshot_every = {}\nmax_live_tasks = {max_live}\n{}{peers}",
+             raft_tick = \"{}ms\"\nsnapshot_every = {}\nmax_live_tasks = {max_live}\n{}{tls_section}{peers}",
             dir.join(format!("node-{id}")).display().to_string(),
             args.raft_tick_ms,
             args.snapshot_every,
@@ -167,7 +206,7 @@ fn spawn_cluster(args: &ClusterArgs, dir: &std::path::Path, max_live: u64) -> an
         std::fs::write(&config, toml)?;
         let mut node = Node {
             id,
-            address: format!("http://127.0.0.1:{grpc}"),
+            address: format!("{scheme}://127.0.0.1:{grpc}"),
             config,
             log: dir.join(format!("node-{id}.log")),
             child: None,
@@ -183,16 +222,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn view(address: &str) -> Option<v1::ClusterResponse> {
-    let mut client = kiln_proto::Client::new([address]).ok()?;
+async fn view(address: &str, credentials: &Credentials) -> Option<v1::ClusterResponse> {
+    let mut client = kiln_proto::Client::with_credentials([address], credentials.clone()).ok()?;
     client.deadline = Duration::from_millis(800);
     client.attempt_timeout = Duration::from_millis(800);
     client.call(|mut s| async move { s.cluster(v1::ClusterRequest {}).await }).await.ok()
 }
 
-async fn leader_of(nodes: &[(u64, String)]) -> Option<u64> {
+async fn leader_of(nodes: &[(u64, String)], credentials: &Credentials) -> Option<u64> {
     for (_, address) in nodes {
-        if let Some(v) = view(address).await {
+        if let Some(v) = view(address, credentials).await {
             if v.role == "leader" {
                 return Some(v.node_id);
             }
@@ -211,9 +250,10 @@ struct Audit {
     completed_twice: u64,
 }
 
-async fn audit(addresses: &[String], submitted: &BTreeSet<String>) -> anyhow::Result<Audit> {
+async fn audit(addresses: &[String], credentials: &Credentials, submitted: &BTreeSet<String>) -> anyhow::Result<Audit> {
     // The replicas' agreement is reported per node below, so no time is spent waiting for it here.
-    let r = kiln_proto::audit::audit(addresses, Some(submitted), Duration::ZERO).await?;
+    let client = kiln_proto::Client::with_credentials(addresses.to_vec(), credentials.clone())?;
+    let r = kiln_proto::audit::audit(client, Some(submitted), Duration::ZERO).await?;
     Ok(Audit {
         tasks_in_ledger: r.tasks_in_ledger,
         lost: r.lost,
@@ -242,12 +282,23 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = args.cluster_dir.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
-    let mut nodes = if args.cluster > 0 { spawn_cluster(&args, &dir, load.tasks.max(1) * 2)? } else { Vec::new() };
+    let tls = tls_init(&args, &dir, load.workers)?;
+    // Submitters, the audit and the chaos loop act as the admin; workers present their own.
+    let credentials = match &tls {
+        Some(t) => Credentials::tls(
+            &t.join("ca.pem"),
+            Some((&t.join("admin.pem"), &t.join("admin-key.pem"))),
+            kiln_config::SCHEDULER_SERVER_NAME,
+        )?,
+        None => Credentials::plaintext(),
+    };
+    let mut nodes =
+        if args.cluster > 0 { spawn_cluster(&args, &dir, load.tasks.max(1) * 2, tls.as_deref())? } else { Vec::new() };
     let addresses: Vec<String> =
         if nodes.is_empty() { args.schedulers.clone() } else { nodes.iter().map(|n| n.address.clone()).collect() };
     let members: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
     let started_wait = Instant::now();
-    while leader_of(&members).await.is_none() && !members.is_empty() {
+    while leader_of(&members, &credentials).await.is_none() && !members.is_empty() {
         anyhow::ensure!(
             started_wait.elapsed() < Duration::from_secs(30),
             "no leader elected within 30 s; see the logs in {}",
@@ -262,8 +313,16 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     let run_id = format!("lt-{}", std::process::id());
     let mut workers = Vec::new();
     for w in 0..load.workers {
+        let worker_tls = tls.as_ref().map(|t| kiln_config::TlsOptions {
+            ca_file: t.join("ca.pem"),
+            cert_file: t.join(format!("worker-{}.pem", w + 1)),
+            key_file: t.join(format!("worker-{}-key.pem", w + 1)),
+            server_name: kiln_config::SCHEDULER_SERVER_NAME.to_owned(),
+        });
         let spec = Spec {
-            id: format!("{run_id}-w{w}"),
+            // Under TLS a worker's id is the one its certificate names.
+            id: if tls.is_some() { format!("worker-{}", w + 1) } else { format!("{run_id}-w{w}") },
+            tls: worker_tls,
             schedulers: addresses.clone(),
             slots: load.slots,
             prefetch: load.prefetch,
@@ -278,7 +337,7 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     let kills = Arc::new(AtomicU64::new(0));
     let chaos = if args.chaos_every > 0.0 {
         let (every, down, pause, target) = (args.chaos_every, args.chaos_down, args.chaos_pause, args.chaos_target);
-        let (probe, kills, members) = (probe.clone(), kills.clone(), members.clone());
+        let (probe, kills, members, credentials) = (probe.clone(), kills.clone(), members.clone(), credentials.clone());
         let mut stop = stop_rx.clone();
         let mut seed = args.chaos_seed;
         let mut nodes = std::mem::take(&mut nodes);
@@ -288,7 +347,7 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
                     _ = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
                     _ = stop.changed() => return nodes,
                 }
-                let leader = leader_of(&members).await;
+                let leader = leader_of(&members, &credentials).await;
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let victim = match target {
                     Target::Leader => leader,
@@ -329,8 +388,9 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
     for _ in 0..load.submitters {
         let (next, addresses, run_id, probe, submitted, load) =
             (next.clone(), addresses.clone(), run_id.clone(), probe.clone(), submitted.clone(), load.clone());
+        let credentials = credentials.clone();
         submitters.push(tokio::spawn(async move {
-            let mut client = kiln_proto::Client::new(addresses)?;
+            let mut client = kiln_proto::Client::with_credentials(addresses, credentials)?;
             client.attempt_timeout = Duration::from_secs(5);
             client.deadline = Duration::from_secs(120);
             loop {
@@ -354,7 +414,7 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
 
     // Done when the ledger says every task finished (acks alone miss completions whose ack was
     // lost in a failover and that the ledger then reported as already done).
-    let mut status_client = kiln_proto::Client::new(addresses.clone())?;
+    let mut status_client = kiln_proto::Client::with_credentials(addresses.clone(), credentials.clone())?;
     status_client.attempt_timeout = Duration::from_secs(1);
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
@@ -388,11 +448,11 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
         }
     }
     let submitted: BTreeSet<String> = std::mem::take(&mut *lock(&submitted));
-    let audit = audit(&addresses, &submitted).await?;
+    let audit = audit(&addresses, &credentials, &submitted).await?;
     // Each node's own view at the end: applied index, ledger digest, disk (bounded by compaction).
     let mut views = Vec::new();
     for a in &addresses {
-        let v = view(a).await;
+        let v = view(a, &credentials).await;
         views.push(serde_json::json!({
             "address": a,
             "applied_index": v.as_ref().map(|v| v.applied_index),

@@ -106,6 +106,7 @@ pub async fn run_once(o: &Options, steal: bool) -> anyhow::Result<serde_json::Va
     let mut workers = Vec::new();
     for (n, speed) in o.speeds.iter().enumerate() {
         let spec = Spec {
+            tls: None,
             id: format!("sim-{n}-{speed}x"),
             schedulers: vec![address.clone()],
             slots: o.slots,

@@ -175,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for w in 0..args.workers {
         let spec = worker::Spec {
+            tls: None,
             id: format!("{run_id}-w{w}"),
             schedulers: vec![worker_address.clone()],
             slots: args.slots,

@@ -217,6 +217,8 @@ impl Observer for Probe {
 /// One simulated worker of a run.
 pub struct Spec {
     pub id: String,
+    /// The worker's certificate, against a cluster that runs TLS.
+    pub tls: Option<kiln_config::TlsOptions>,
     pub schedulers: Vec<String>,
     pub slots: u32,
     pub prefetch: u32,
@@ -242,6 +244,7 @@ pub fn spawn(
         speed: Some(spec.speed),
         master_memory_bytes: Some(1 << 30),
         drain_grace: Duration::from_secs(2),
+        tls: spec.tls,
         ..Default::default()
     };
     let edges = Edges {

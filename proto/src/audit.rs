@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::v1;
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, Credentials};
 
 /// One member's own answer, or `None` where it did not answer.
 #[derive(Debug, Clone)]
@@ -51,14 +51,13 @@ impl AuditReport {
 
 const EXAMPLES: usize = 40;
 
-/// Audits the cluster reachable at `addresses`. `expected`: the request ids the caller submitted,
-/// if it knows them; `settle`: how long the replicas get to agree.
+/// Audits the cluster `client` reaches. `expected`: the request ids the caller submitted, if it
+/// knows them; `settle`: how long the replicas get to agree.
 pub async fn audit(
-    addresses: &[String],
+    mut client: Client,
     expected: Option<&BTreeSet<String>>,
     settle: Duration,
 ) -> Result<AuditReport, ClientError> {
-    let mut client = Client::new(addresses.to_vec())?;
     client.attempt_timeout = Duration::from_secs(30);
     let mut report = AuditReport::default();
     let mut seen: HashMap<String, u32> = HashMap::new();
@@ -123,11 +122,12 @@ fn note(examples: &mut Vec<String>, line: impl FnOnce() -> String) {
 /// Every member's own view, asked again until they agree or `settle` has passed.
 async fn settled_members(client: &mut Client, settle: Duration) -> Result<(Vec<MemberView>, bool), ClientError> {
     let membership = client.call(|mut s| async move { s.cluster(v1::ClusterRequest {}).await }).await?;
+    let credentials = client.credentials().clone();
     let deadline = Instant::now() + settle;
     loop {
         let mut views = Vec::new();
         for m in &membership.members {
-            views.push(MemberView { id: m.id, address: m.address.clone(), own: view(&m.address).await });
+            views.push(MemberView { id: m.id, address: m.address.clone(), own: view(&m.address, &credentials).await });
         }
         let first = views.first().and_then(|v| v.own.as_ref()).map(|o| (o.applied_index, o.ledger_digest));
         let agree = first.is_some()
@@ -140,8 +140,8 @@ async fn settled_members(client: &mut Client, settle: Duration) -> Result<(Vec<M
 }
 
 /// One node's own view (not redirected: every node answers `Cluster` itself).
-pub async fn view(address: &str) -> Option<v1::ClusterResponse> {
-    let mut client = Client::new([address]).ok()?;
+pub async fn view(address: &str, credentials: &Credentials) -> Option<v1::ClusterResponse> {
+    let mut client = Client::with_credentials([address], credentials.clone()).ok()?;
     client.deadline = Duration::from_secs(2);
     client.attempt_timeout = Duration::from_secs(2);
     client.call(|mut s| async move { s.cluster(v1::ClusterRequest {}).await }).await.ok()

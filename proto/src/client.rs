@@ -8,10 +8,15 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::tls::{Bearer, Credentials};
 use crate::v1::scheduler_client::SchedulerClient;
+
+/// The `Scheduler` client a [`Client::call`] hands out: a channel that adds the bearer token.
+pub type Api = SchedulerClient<InterceptedService<Channel, Bearer>>;
 
 pub const LEADER_METADATA: &str = "kiln-leader";
 
@@ -39,6 +44,7 @@ pub struct Client {
     addresses: Vec<String>,
     current: usize,
     channel: Option<(String, Channel)>,
+    credentials: Credentials,
     /// How long one call keeps retrying transient failures.
     pub deadline: Duration,
     /// How long one attempt may take before the client tries another address. A node that is
@@ -46,17 +52,18 @@ pub struct Client {
     pub attempt_timeout: Duration,
 }
 
-fn normalize(address: &str) -> String {
-    if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    }
-}
-
 impl Client {
+    /// A plaintext client (a scheduler on loopback, or one running with `insecure = true`).
     pub fn new(addresses: impl IntoIterator<Item = impl Into<String>>) -> Result<Self, ClientError> {
-        let addresses: Vec<String> = addresses.into_iter().map(|a| normalize(&a.into())).collect();
+        Self::with_credentials(addresses, Credentials::plaintext())
+    }
+
+    /// A client that presents `credentials` (TLS, a certificate, a token) to every scheduler.
+    pub fn with_credentials(
+        addresses: impl IntoIterator<Item = impl Into<String>>,
+        credentials: Credentials,
+    ) -> Result<Self, ClientError> {
+        let addresses: Vec<String> = addresses.into_iter().map(|a| credentials.address(&a.into())).collect();
         if addresses.is_empty() {
             return Err(ClientError::Address { address: String::new(), reason: "no address given".into() });
         }
@@ -68,9 +75,15 @@ impl Client {
             addresses,
             current: 0,
             channel: None,
+            credentials,
             deadline: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(10),
         })
+    }
+
+    /// What this client presents to the schedulers.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     async fn channel(&mut self) -> Result<Channel, tonic::transport::Error> {
@@ -80,7 +93,9 @@ impl Client {
                 return Ok(ch.clone());
             }
         }
-        let endpoint = Endpoint::from_shared(target.clone())?
+        let endpoint = self
+            .credentials
+            .endpoint(&target)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(self.attempt_timeout)
             .tcp_nodelay(true);
@@ -90,7 +105,8 @@ impl Client {
     }
 
     fn follow(&mut self, status: &Status) -> bool {
-        let hint = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(normalize);
+        let hint =
+            status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(|a| self.credentials.address(a));
         match hint {
             Some(leader) => {
                 match self.addresses.iter().position(|a| *a == leader) {
@@ -109,7 +125,7 @@ impl Client {
     /// Runs `call` against the leader, following redirects and retrying transient failures.
     pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(SchedulerClient<Channel>) -> Fut,
+        F: FnMut(Api) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -117,7 +133,12 @@ impl Client {
         let mut last: String;
         loop {
             match self.channel().await {
-                Ok(ch) => match call(SchedulerClient::new(ch).max_decoding_message_size(64 << 20)).await {
+                Ok(ch) => match call(
+                    SchedulerClient::with_interceptor(ch, self.credentials.bearer())
+                        .max_decoding_message_size(64 << 20),
+                )
+                .await
+                {
                     Ok(resp) => return Ok(resp.into_inner()),
                     // A timed-out attempt has an unknown outcome; retrying is safe because every
                     // call is idempotent, and another node may answer.

@@ -15,9 +15,11 @@ pub mod client;
 mod convert;
 pub mod http;
 pub mod metrics;
+pub mod tls;
 
-pub use client::{Client, ClientError};
+pub use client::{Api, Client, ClientError};
 pub use convert::{job_from_pb, job_to_pb, ConvertError};
+pub use tls::{Credentials, TlsError, TlsFiles};
 
 /// Most leases a worker session holds per slot, rendering and prefetched together: the scheduler
 /// clips a `Want` beyond it, and a worker sizing its own prefetch stays under it.

@@ -15,11 +15,22 @@ pub struct Handle {
     metrics: Arc<RaftMetrics>,
     /// One turn for reads that walk many tasks (listings, dead-letter scans).
     heavy: Arc<Semaphore>,
+    /// What this node presents when it calls another member (its node certificate under TLS).
+    peer_credentials: kiln_proto::Credentials,
 }
 
 impl Handle {
-    pub(crate) fn new(requests: flume::Sender<Request>, metrics: Arc<RaftMetrics>) -> Self {
-        Self { requests, metrics, heavy: Arc::new(Semaphore::new(1)) }
+    pub(crate) fn new(
+        requests: flume::Sender<Request>,
+        metrics: Arc<RaftMetrics>,
+        peer_credentials: kiln_proto::Credentials,
+    ) -> Self {
+        Self { requests, metrics, heavy: Arc::new(Semaphore::new(1)), peer_credentials }
+    }
+
+    /// What this node presents when it calls another member.
+    pub(crate) fn peer_credentials(&self) -> &kiln_proto::Credentials {
+        &self.peer_credentials
     }
 
     /// Waits for this node's one turn for a read that walks many tasks; hold it across the read.
@@ -132,7 +143,7 @@ mod tests {
     #[tokio::test]
     async fn heavy_reads_take_turns_and_every_clone_shares_the_turn() {
         let (requests, _node) = flume::unbounded();
-        let handle = Handle::new(requests, Arc::default());
+        let handle = Handle::new(requests, Arc::default(), kiln_proto::Credentials::plaintext());
         let first = handle.heavy_read_turn().await.expect("a turn");
         let other = handle.clone();
         let second = tokio::spawn(async move { other.heavy_read_turn().await.is_some() });

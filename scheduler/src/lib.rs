@@ -14,13 +14,16 @@
 //! - `sessions`: worker streams and the dispatcher that leases to them (a thin adapter; its tasks are
 //!   tracked and drained on shutdown).
 //! - `convert`: every proto ⇄ ledger conversion; `limits`: what it keeps of the network's input.
+//! - `auth`: who may call what (certificates, tokens, the role of every RPC), in front of them all.
 //! - `api`, `peer`: the `Scheduler` and `RaftPeer` gRPC services; `status` maps errors to codes;
-//!   `peer_guard` decides which peer messages reach raft-rs.
+//!   `peer_guard` decides which peer messages reach raft-rs; `raft_wire` refuses encodings the
+//!   `protobuf` 2 parser would overflow its stack on.
 //! - `http`: metrics and health; `metrics`, `kpi`, `raft_metrics`: what `/metrics` serves.
 //! - `ui`: the dashboard at `/ui`.
 //! - `upgrade`: rolling upgrades: what each member supports, and the gate for feature flags.
 
 mod api;
+mod auth;
 mod convert;
 mod failpoint;
 mod failure;
@@ -35,6 +38,7 @@ mod peer_guard;
 pub mod raft_log;
 mod raft_logging;
 mod raft_metrics;
+mod raft_wire;
 mod reflection;
 mod sessions;
 #[cfg(test)]
@@ -53,6 +57,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+pub use auth::token_hash;
 pub use failure::{FailureKind, NodeFailure};
 pub use handle::Handle;
 pub use limits::{MAX_ERROR, MAX_LABEL, MAX_METADATA, MAX_OUTPUTS, MAX_SLOTS, MAX_URI};
@@ -74,6 +79,10 @@ pub enum Error {
     Reflection(String),
     #[error(transparent)]
     Failpoints(#[from] failpoint::ParseError),
+    #[error("TLS: {0}")]
+    Tls(#[from] kiln_proto::TlsError),
+    #[error("TLS: {0}")]
+    TlsConfig(String),
 }
 
 fn start_advice(kind: &FailureKind) -> String {
@@ -111,6 +120,16 @@ fn ledger_config(opts: &SchedulerOptions) -> LedgerConfig {
         gc_ttl_ms: ms(opts.gc_ttl),
         max_live_tasks: opts.max_live_tasks,
         ..LedgerConfig::default()
+    }
+}
+
+/// The files of the `[tls]` section.
+pub fn tls_files(tls: &kiln_config::TlsOptions) -> kiln_proto::TlsFiles {
+    kiln_proto::TlsFiles {
+        ca: tls.ca_file.clone(),
+        cert: tls.cert_file.clone(),
+        key: tls.key_file.clone(),
+        server_name: tls.server_name.clone(),
     }
 }
 
@@ -184,7 +203,12 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         .map_err(|source| Error::Bind { addr: opts.http_listen, source })?;
     let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Bind { addr: opts.listen, source })?;
     let http_addr = http_listener.local_addr().map_err(|source| Error::Bind { addr: opts.http_listen, source })?;
-    let advertise = opts.advertise.clone().unwrap_or_else(|| format!("http://{grpc_addr}"));
+    let advertise = opts.advertise.clone().unwrap_or_else(|| format!("{}://{grpc_addr}", opts.scheme()));
+    let tls = opts.tls.as_ref().map(tls_files);
+    let peer_credentials = match &tls {
+        Some(files) => kiln_proto::Credentials::from_files(files)?,
+        None => kiln_proto::Credentials::plaintext(),
+    };
     let members = if opts.peers.is_empty() {
         vec![(opts.node_id, advertise)]
     } else {
@@ -213,7 +237,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     };
     // Every node gets a real transport, even a one-member cluster: members can be added later.
     let transport: Box<dyn node::Transport> =
-        Box::new(transport::GrpcTransport::new(opts.node_id, requests_tx.clone()));
+        Box::new(transport::GrpcTransport::new(opts.node_id, requests_tx.clone(), peer_credentials.clone()));
     let dir = opts.data_dir.clone();
     // raft-rs panics on stored state it refuses; that is a damaged directory, not a crash loop.
     let opened =
@@ -237,7 +261,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
             drop(keep_open);
         })
         .map_err(|e| Error::start(&opts.data_dir, node::StartError::Thread(e)))?;
-    let handle = Handle::new(requests_tx, raft_metrics);
+    let handle = Handle::new(requests_tx, raft_metrics, peer_credentials);
 
     let hub = sessions::Hub::new(
         handle.clone(),
@@ -259,12 +283,21 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     }
 
     let (reflection_v1, reflection_v1alpha) = reflection::services()?;
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    let authorizer = match &tls {
+        Some(files) => {
+            grpc = grpc.tls_config(files.server_config()?).map_err(|e| Error::TlsConfig(e.to_string()))?;
+            auth::Authorizer::tls(&opts.tokens)
+        }
+        None => auth::Authorizer::open(),
+    };
+    let grpc = grpc
         // A client, worker or peer that vanished without closing (a cut WAN link, a powered-off
         // rack) is noticed within a minute, and its session and leases end as if it had closed.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .layer(auth::AuthLayer(std::sync::Arc::new(authorizer)))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(v1::scheduler_server::SchedulerServer::new(api::Api::new(

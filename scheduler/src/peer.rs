@@ -9,6 +9,7 @@ use protobuf::Message as _;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::caller;
 use crate::handle::Handle;
 use crate::status::from_propose;
 use crate::transport::MAX_SNAPSHOT_BYTES;
@@ -25,9 +26,20 @@ impl PeerService {
         Self { handle, snapshot_stream: tokio::sync::Semaphore::new(1) }
     }
 
-    async fn step_bytes(&self, bytes: &[u8]) -> Result<(), Status> {
+    /// `sender` is the node the caller's certificate names (`None` on a plaintext cluster): a
+    /// message claiming to come from another node is refused, so one member cannot speak for
+    /// another.
+    async fn step_bytes(&self, bytes: &[u8], sender: Option<u64>) -> Result<(), Status> {
+        crate::raft_wire::check(bytes)
+            .map_err(|e| Status::invalid_argument(format!("raft message refused before parsing: {e}")))?;
         let msg = raft::prelude::Message::parse_from_bytes(bytes)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        if let Some(sender) = sender.filter(|s| *s != msg.from) {
+            return Err(Status::permission_denied(format!(
+                "node {sender}'s certificate sent a raft message from node {}",
+                msg.from
+            )));
+        }
         self.handle.step(msg).await.map_err(from_propose)
     }
 }
@@ -35,8 +47,9 @@ impl PeerService {
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn step(&self, request: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
+        let sender = caller(&request).bound_node();
         for bytes in request.into_inner().messages {
-            self.step_bytes(&bytes).await?;
+            self.step_bytes(&bytes, sender).await?;
         }
         Ok(Response::new(v1::RaftAck {}))
     }
@@ -45,6 +58,7 @@ impl RaftPeer for PeerService {
         let Ok(_stream) = self.snapshot_stream.try_acquire() else {
             return Err(Status::resource_exhausted("another snapshot is being received; retry when it is done"));
         };
+        let sender = caller(&request).bound_node();
         let mut chunks = request.into_inner();
         let mut message = Vec::new();
         while let Some(chunk) = chunks.next().await {
@@ -56,7 +70,7 @@ impl RaftPeer for PeerService {
             }
             message.extend_from_slice(&chunk.data);
         }
-        self.step_bytes(&message).await?;
+        self.step_bytes(&message, sender).await?;
         Ok(Response::new(v1::RaftAck {}))
     }
 }

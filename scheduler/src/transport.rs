@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kiln_proto::v1;
+use kiln_proto::{v1, Credentials};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
@@ -52,12 +52,14 @@ pub struct GrpcTransport {
     /// Peers come and go with membership changes, which the node thread applies; it is not on the
     /// runtime, so it spawns the new peer's task through this handle.
     runtime: tokio::runtime::Handle,
+    /// What this node presents to its peers: its node certificate under TLS.
+    credentials: Credentials,
 }
 
 impl GrpcTransport {
     /// Must be called on the runtime that will run the per-peer tasks.
-    pub fn new(self_id: u64, node: flume::Sender<Request>) -> Self {
-        Self { self_id, peers: HashMap::new(), node, runtime: tokio::runtime::Handle::current() }
+    pub fn new(self_id: u64, node: flume::Sender<Request>, credentials: Credentials) -> Self {
+        Self { self_id, peers: HashMap::new(), node, runtime: tokio::runtime::Handle::current(), credentials }
     }
 }
 
@@ -81,20 +83,29 @@ impl Transport for GrpcTransport {
             }
             let (tx, rx) = mpsc::unbounded_channel();
             self.peers.insert(*id, Peer { address: address.clone(), queue: tx });
-            self.runtime.spawn(peer_sender(self.self_id, *id, address.clone(), rx, self.node.clone()));
+            let peer = PeerLink {
+                self_id: self.self_id,
+                id: *id,
+                address: address.clone(),
+                credentials: self.credentials.clone(),
+            };
+            self.runtime.spawn(peer_sender(peer, rx, self.node.clone()));
         }
     }
 }
 
 type PeerClient = v1::raft_peer_client::RaftPeerClient<tonic::transport::Channel>;
 
-async fn peer_sender(
+/// One peer as its sender task sees it.
+struct PeerLink {
     self_id: u64,
-    peer: u64,
+    id: u64,
     address: String,
-    mut queue: mpsc::UnboundedReceiver<Message>,
-    node: flume::Sender<Request>,
-) {
+    credentials: Credentials,
+}
+
+async fn peer_sender(link: PeerLink, mut queue: mpsc::UnboundedReceiver<Message>, node: flume::Sender<Request>) {
+    let PeerLink { self_id, id: peer, address, credentials } = link;
     let mut client: Option<PeerClient> = None;
     let mut backoff = Duration::from_millis(50);
     let mut held: Option<Message> = None;
@@ -107,7 +118,7 @@ async fn peer_sender(
             },
         };
         if client.is_none() {
-            client = connect(&address).await;
+            client = connect(&address, &credentials).await;
         }
         let delivered = if first.get_msg_type() == MessageType::MsgSnapshot {
             let ok = match client.as_mut() {
@@ -188,11 +199,8 @@ async fn send_snapshot(client: &mut PeerClient, self_id: u64, msg: &Message) -> 
     }
 }
 
-async fn connect(address: &str) -> Option<PeerClient> {
-    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .ok()?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true);
+async fn connect(address: &str, credentials: &Credentials) -> Option<PeerClient> {
+    let endpoint = credentials.endpoint(address).ok()?.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true);
     let channel = endpoint.connect().await.ok()?;
     Some(
         v1::raft_peer_client::RaftPeerClient::new(channel)

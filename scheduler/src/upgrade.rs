@@ -41,8 +41,8 @@ pub(crate) struct Report {
 }
 
 /// One member's own report, `None` if it does not answer within [`ASK_TIMEOUT`].
-async fn ask(address: String) -> Option<v1::NodeSupport> {
-    let mut client = kiln_proto::Client::new([address]).ok()?;
+async fn ask(address: String, credentials: kiln_proto::Credentials) -> Option<v1::NodeSupport> {
+    let mut client = kiln_proto::Client::with_credentials([address], credentials).ok()?;
     client.deadline = ASK_TIMEOUT;
     client.attempt_timeout = ASK_TIMEOUT;
     client.call(|mut s| async move { s.support(v1::SupportRequest {}).await }).await.ok()
@@ -58,16 +58,22 @@ pub(crate) async fn survey(handle: &Handle, own: &Support) -> Result<(Vec<Report
             (status.id, members, l.features().clone(), support_to_pb(&own, l.features()))
         })
         .await?;
-    Ok((ask_all(me, members, mine).await, enabled))
+    Ok((ask_all(me, members, mine, handle.peer_credentials()).await, enabled))
 }
 
 /// Every member's report, at once: this node (`me`) answers from memory with `mine`, the others
 /// over gRPC.
-pub(crate) async fn ask_all(me: u64, members: Vec<(u64, String)>, mine: v1::NodeSupport) -> Vec<Report> {
+pub(crate) async fn ask_all(
+    me: u64,
+    members: Vec<(u64, String)>,
+    mine: v1::NodeSupport,
+    credentials: &kiln_proto::Credentials,
+) -> Vec<Report> {
     let asks = members.into_iter().map(|(id, address)| {
         let mine = mine.clone();
+        let credentials = credentials.clone();
         async move {
-            let support = if id == me { Some(mine) } else { ask(address.clone()).await };
+            let support = if id == me { Some(mine) } else { ask(address.clone(), credentials).await };
             Report { id, address, support }
         }
     });

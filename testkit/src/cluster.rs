@@ -31,7 +31,8 @@ impl Node {
     /// once its ports can be bound again (a dead process's sockets may linger a moment).
     pub fn start(&mut self) {
         self.process.kill9();
-        for address in [self.address.trim_start_matches("http://"), self.http.as_str()] {
+        let grpc = self.address.split_once("://").map_or(self.address.as_str(), |(_, a)| a);
+        for address in [grpc, self.http.as_str()] {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while std::net::TcpListener::bind(address).is_err() {
                 assert!(
@@ -57,41 +58,66 @@ pub struct TestCluster {
     settings: Vec<(String, String)>,
     pub nodes: Vec<Node>,
     pub workers: Vec<KilnProcess>,
-}
-
-fn toml_config(
-    id: u64,
-    dir: &Path,
-    grpc: u16,
-    http: u16,
-    peers: &[(u64, String)],
-    join: bool,
-    settings: &[(String, String)],
-) -> String {
-    let mut s = String::from("[scheduler]\n");
-    s.push_str(&format!("node_id = {id}\n"));
-    s.push_str(&format!("data_dir = {:?}\n", dir.join(format!("node-{id}")).display().to_string()));
-    s.push_str(&format!("listen = \"127.0.0.1:{grpc}\"\n"));
-    s.push_str(&format!("http_listen = \"127.0.0.1:{http}\"\n"));
-    s.push_str(&format!("join = {join}\n"));
-    for (k, v) in settings {
-        s.push_str(&format!("{k} = {v}\n"));
-    }
-    for (pid, address) in peers {
-        s.push_str(&format!("[[scheduler.peers]]\nid = {pid}\naddress = \"{address}\"\n"));
-    }
-    s
+    /// Under TLS: the directory `kiln tls init` wrote (CA, node, worker and admin certificates).
+    pub tls: Option<PathBuf>,
 }
 
 impl TestCluster {
+    /// Node `id`'s TOML: its id, data directory, ports, the shared settings, TLS, the peers.
+    fn toml_config(&self, id: u64, grpc: u16, http: u16, peers: &[(u64, String)], join: bool) -> String {
+        let (dir, settings, tls) = (self.dir.path(), &self.settings, self.tls.as_deref());
+        let mut s = String::from("[scheduler]\n");
+        s.push_str(&format!("node_id = {id}\n"));
+        s.push_str(&format!("data_dir = {:?}\n", dir.join(format!("node-{id}")).display().to_string()));
+        s.push_str(&format!("listen = \"127.0.0.1:{grpc}\"\n"));
+        s.push_str(&format!("http_listen = \"127.0.0.1:{http}\"\n"));
+        s.push_str(&format!("join = {join}\n"));
+        for (k, v) in settings {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+        if let Some(tls) = tls {
+            let file = |name: String| format!("{:?}", tls.join(name).display().to_string());
+            s.push_str("[scheduler.tls]\n");
+            s.push_str(&format!("ca_file = {}\n", file("ca.pem".into())));
+            s.push_str(&format!("cert_file = {}\n", file(format!("node-{id}.pem"))));
+            s.push_str(&format!("key_file = {}\n", file(format!("node-{id}-key.pem"))));
+        }
+        for (pid, address) in peers {
+            s.push_str(&format!("[[scheduler.peers]]\nid = {pid}\naddress = \"{address}\"\n"));
+        }
+        s
+    }
+
     /// Starts `n` founding scheduler nodes (ids 1..=n). `settings` are `[scheduler]` keys with
     /// TOML values, e.g. `("snapshot_every", "50")` or `("lease_ttl", "\"4s\"")`.
     pub fn start(binary: &Path, n: u64, settings: &[(&str, &str)]) -> Self {
+        Self::start_with(binary, n, settings, false)
+    }
+
+    /// As [`Self::start`], with mutual TLS: `kiln tls init` writes a CA and certificates for
+    /// the nodes, two workers (`worker-1`, `worker-2`) and an admin into `dir/tls`.
+    pub fn start_tls(binary: &Path, n: u64, settings: &[(&str, &str)]) -> Self {
+        Self::start_with(binary, n, settings, true)
+    }
+
+    fn start_with(binary: &Path, n: u64, settings: &[(&str, &str)], tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let tls = tls.then(|| {
+            let tls = dir.path().join("tls");
+            let out = crate::run(
+                binary,
+                &["tls", "init", &tls.display().to_string(), "--nodes", &n.to_string(), "--workers", "2"],
+            );
+            assert!(out.status.success(), "kiln tls init: {}", String::from_utf8_lossy(&out.stderr));
+            tls
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let ports: Vec<(u64, u16, u16)> = (1..=n).map(|id| (id, free_port(), free_port())).collect();
-        let peers: Vec<(u64, String)> = ports.iter().map(|(id, g, _)| (*id, format!("http://127.0.0.1:{g}"))).collect();
-        let mut cluster = Self { dir, binary: binary.to_owned(), settings, nodes: Vec::new(), workers: Vec::new() };
+        let peers: Vec<(u64, String)> =
+            ports.iter().map(|(id, g, _)| (*id, format!("{scheme}://127.0.0.1:{g}"))).collect();
+        let mut cluster =
+            Self { dir, binary: binary.to_owned(), settings, nodes: Vec::new(), workers: Vec::new(), tls };
         for (id, grpc, http) in ports {
             cluster.spawn_node(id, grpc, http, &peers, false);
         }
@@ -100,13 +126,13 @@ impl TestCluster {
 
     fn spawn_node(&mut self, id: u64, grpc: u16, http: u16, peers: &[(u64, String)], join: bool) -> &mut Node {
         let config = self.dir.path().join(format!("node-{id}.toml"));
-        std::fs::write(&config, toml_config(id, self.dir.path(), grpc, http, peers, join, &self.settings))
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+        let toml = self.toml_config(id, grpc, http, peers, join);
+        std::fs::write(&config, toml).unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         let args = vec!["scheduler".to_owned(), "--config".to_owned(), config.display().to_string()];
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let process =
             KilnProcess::start(&format!("node-{id}"), &self.binary, &argv, &[("KILN_LOG", "info")], self.dir.path());
-        let (address, http) = (format!("http://127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
+        let (address, http) = (format!("{}://127.0.0.1:{grpc}", self.scheme()), format!("127.0.0.1:{http}"));
         self.nodes.push(Node { id, address, http, config, process, args });
         let last = self.nodes.len() - 1;
         &mut self.nodes[last]
@@ -115,10 +141,41 @@ impl TestCluster {
     /// Starts a new, empty node with `id` that waits to be added (`kiln cluster add`). Its peers
     /// are the current nodes and itself.
     pub fn start_joining_node(&mut self, id: u64) -> String {
+        if let Some(tls) = &self.tls {
+            let out = crate::run(
+                &self.binary,
+                &["tls", "cert", "--dir", &tls.display().to_string(), "--node", &id.to_string()],
+            );
+            assert!(out.status.success(), "kiln tls cert --node {id}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let (grpc, http) = (free_port(), free_port());
         let mut peers: Vec<(u64, String)> = self.nodes.iter().map(|n| (n.id, n.address.clone())).collect();
-        peers.push((id, format!("http://127.0.0.1:{grpc}")));
+        peers.push((id, format!("{}://127.0.0.1:{grpc}", self.scheme())));
         self.spawn_node(id, grpc, http, &peers, true).address.clone()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `--ca/--cert/--key` for a client holding the certificate `name` (`admin`, `worker-1`, or
+    /// one issued later with `kiln tls cert`); nothing without TLS.
+    pub fn tls_args(&self, name: &str) -> Vec<String> {
+        match &self.tls {
+            Some(dir) => vec![
+                "--ca".into(),
+                dir.join("ca.pem").display().to_string(),
+                "--cert".into(),
+                dir.join(format!("{name}.pem")).display().to_string(),
+                "--key".into(),
+                dir.join(format!("{name}-key.pem")).display().to_string(),
+            ],
+            None => Vec::new(),
+        }
     }
 
     pub fn node(&mut self, id: u64) -> &mut Node {
@@ -139,11 +196,14 @@ impl TestCluster {
         self.nodes.iter().map(|n| n.address.clone()).collect()
     }
 
-    /// Starts a `kiln worker` with `slots` slots that knows every node's address.
+    /// Starts a `kiln worker` with `slots` slots that knows every node's address. Under TLS it
+    /// presents the certificate named `id` (`worker-1`, `worker-2`, or one issued later).
     pub fn start_worker(&mut self, id: &str, slots: u32, masters: &Path, derivatives: &Path) {
         let scheduler = self.scheduler_arg();
         let slots = slots.to_string();
-        let args = [
+        let tls = self.tls_args(id);
+        let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        args.extend([
             "--scheduler",
             scheduler.as_str(),
             "worker",
@@ -156,7 +216,7 @@ impl TestCluster {
             masters.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", masters.display())),
             "--derivatives",
             derivatives.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", derivatives.display())),
-        ];
+        ]);
         self.workers.push(KilnProcess::start(id, &self.binary, &args, &[], self.dir.path()));
     }
 

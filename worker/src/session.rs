@@ -36,6 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use kiln_proto::v1::{self, scheduler_message::Msg as Down, worker_message::Msg as Up, LeaseRef};
+use kiln_proto::Credentials;
 
 use crate::leases::{key_of, lease_ref, LeaseKey};
 use crate::metrics::Metrics;
@@ -211,17 +212,9 @@ enum Ended {
     Lost { reason: String, welcomed: bool },
 }
 
-fn normalize(address: &str) -> String {
-    if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    }
-}
-
-fn ended_by(status: &tonic::Status, welcomed: bool) -> Ended {
+fn ended_by(status: &tonic::Status, welcomed: bool, credentials: &Credentials) -> Ended {
     match status.metadata().get(kiln_proto::client::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
-        Some(leader) if !leader.is_empty() => Ended::Redirect(normalize(leader)),
+        Some(leader) if !leader.is_empty() => Ended::Redirect(credentials.address(leader)),
         _ => Ended::Lost { reason: format!("{:?}: {}", status.code(), status.message()), welcomed },
     }
 }
@@ -234,12 +227,12 @@ fn jitter(base: Duration, seed: &str, attempt: u32) -> Duration {
     base + base.mul_f64((h.finish() % 1000) as f64 / 4000.0)
 }
 
-/// Checks and normalizes the configured scheduler addresses.
-pub fn addresses(configured: &[String]) -> Result<Vec<String>, crate::Error> {
+/// Checks the configured scheduler addresses and gives each the scheme `credentials` dial.
+pub fn addresses(configured: &[String], credentials: &Credentials) -> Result<Vec<String>, crate::Error> {
     configured
         .iter()
         .map(|a| {
-            let a = normalize(a);
+            let a = credentials.address(a);
             Endpoint::from_shared(a.clone())
                 .map(|_| a.clone())
                 .map_err(|e| crate::Error::Scheduler { address: a.clone(), reason: e.to_string() })
@@ -249,6 +242,8 @@ pub fn addresses(configured: &[String]) -> Result<Vec<String>, crate::Error> {
 
 pub struct Session {
     addresses: Vec<String>,
+    /// TLS and the bearer token, when the schedulers demand them.
+    credentials: Credentials,
     current: usize,
     /// Sent first on every connection, with `held` filled in from the status.
     hello: v1::Hello,
@@ -263,6 +258,7 @@ pub struct Session {
 impl Session {
     pub fn new(
         addresses: Vec<String>,
+        credentials: Credentials,
         hello: v1::Hello,
         reports: mpsc::Receiver<Report>,
         status: watch::Receiver<Status>,
@@ -271,6 +267,7 @@ impl Session {
     ) -> Self {
         Self {
             addresses,
+            credentials,
             current: 0,
             hello,
             reports,
@@ -350,7 +347,7 @@ impl Session {
 
     async fn connection(&mut self, address: &str) -> Ended {
         let lost = |reason: String| Ended::Lost { reason, welcomed: false };
-        let endpoint = match Endpoint::from_shared(address.to_owned()) {
+        let endpoint = match self.credentials.endpoint(address) {
             Ok(e) => e
                 .connect_timeout(Duration::from_secs(3))
                 .tcp_nodelay(true)
@@ -367,7 +364,8 @@ impl Session {
             }
         };
         let mut client =
-            v1::worker_session_client::WorkerSessionClient::new(channel).max_decoding_message_size(64 << 20);
+            v1::worker_session_client::WorkerSessionClient::with_interceptor(channel, self.credentials.bearer())
+                .max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(OUTBOUND_CAPACITY);
         let out = Outbound { tx };
         let mut hello = self.hello.clone();
@@ -377,13 +375,13 @@ impl Session {
         }
         let mut inbound = match client.session(ReceiverStream::new(rx)).await {
             Ok(resp) => resp.into_inner(),
-            Err(status) => return ended_by(&status, false),
+            Err(status) => return ended_by(&status, false, &self.credentials),
         };
         let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(v1::SchedulerMessage { msg: Some(Down::Welcome(w)) }))) => w,
             Ok(Ok(Some(other))) => return lost(format!("expected Welcome, got {other:?}")),
             Ok(Ok(None)) => return lost("the scheduler closed the stream before Welcome".into()),
-            Ok(Err(status)) => return ended_by(&status, false),
+            Ok(Err(status)) => return ended_by(&status, false, &self.credentials),
             Err(_) => return lost(format!("no Welcome within {WELCOME_TIMEOUT:?}")),
         };
         let timers = AckTimers::for_lease_ttl(Duration::from_millis(welcome.lease_ttl_ms));
@@ -454,7 +452,7 @@ impl Session {
                         Ok(())
                     }
                     Ok(None) => return lost("the scheduler closed the stream"),
-                    Err(status) => return ended_by(&status, true),
+                    Err(status) => return ended_by(&status, true, &self.credentials),
                 },
                 r = self.reports.recv(), if self.reports_open => match r {
                     Some(r) => {
@@ -570,8 +568,9 @@ mod tests {
     fn leader_hint_redirects() {
         let mut s = tonic::Status::unavailable("not the leader");
         s.metadata_mut().insert(kiln_proto::client::LEADER_METADATA, "10.0.0.2:7450".parse().expect("ascii"));
-        assert!(matches!(ended_by(&s, true), Ended::Redirect(a) if a == "http://10.0.0.2:7450"));
-        assert!(matches!(ended_by(&tonic::Status::unavailable("x"), true), Ended::Lost { welcomed: true, .. }));
+        let plain = Credentials::plaintext();
+        assert!(matches!(ended_by(&s, true, &plain), Ended::Redirect(a) if a == "http://10.0.0.2:7450"));
+        assert!(matches!(ended_by(&tonic::Status::unavailable("x"), true, &plain), Ended::Lost { welcomed: true, .. }));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Worker {
     opts: WorkerOptions,
     id: String,
     addresses: Vec<String>,
+    /// What the worker presents to the schedulers: its certificate under `[tls]`, and a bearer
+    /// token if [`Worker::with_token`] gave one.
+    credentials: kiln_proto::Credentials,
     capacity: Capacity,
     edges: Edges,
 }
@@ -106,8 +109,22 @@ impl Worker {
             None => id_from_hostname(&capacity.hostname),
         };
         kiln_types::WorkerId::new(id.clone()).map_err(|e| Error::Options(e.to_string()))?;
-        let addresses = session::addresses(&opts.schedulers)?;
-        Ok(Self { opts, id, addresses, capacity, edges })
+        let credentials = match &opts.tls {
+            Some(tls) => {
+                kiln_proto::Credentials::tls(&tls.ca_file, Some((&tls.cert_file, &tls.key_file)), &tls.server_name)
+                    .map_err(|e| Error::Options(format!("worker [tls]: {e}")))?
+            }
+            None => kiln_proto::Credentials::plaintext(),
+        };
+        let addresses = session::addresses(&opts.schedulers, &credentials)?;
+        Ok(Self { opts, id, addresses, credentials, capacity, edges })
+    }
+
+    /// Sends `token` as a bearer token (the `worker` role bound to this worker's id) with every
+    /// session; needs `[tls]`.
+    pub fn with_token(mut self, token: &str) -> Result<Self, Error> {
+        self.credentials = self.credentials.with_token(token).map_err(|e| Error::Options(e.to_string()))?;
+        Ok(self)
     }
 
     pub fn id(&self) -> &str {
@@ -121,7 +138,7 @@ impl Worker {
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let started = Instant::now();
-        let Worker { opts, id, addresses, capacity, edges } = self;
+        let Worker { opts, id, addresses, credentials, capacity, edges } = self;
         let Edges { render: renderer, storage, observer } = edges;
         let slots_n = capacity.slots;
         let target = slots_n.saturating_mul(1 + opts.prefetch);
@@ -172,7 +189,7 @@ impl Worker {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let initial = Status { want: u32::try_from(target).unwrap_or(u32::MAX), ..Status::default() };
         let (status_tx, status_rx) = watch::channel(initial);
-        let session = Session::new(addresses, hello, reports_rx, status_rx, events_tx, metrics.clone());
+        let session = Session::new(addresses, credentials, hello, reports_rx, status_rx, events_tx, metrics.clone());
         services.spawn(session.run(stop_rx));
 
         let mut core = Core {

@@ -33,7 +33,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let report = kiln_proto::audit::audit(&ctx.schedulers, expected.as_ref(), args.settle).await?;
+    let report = kiln_proto::audit::audit(ctx.client()?, expected.as_ref(), args.settle).await?;
     if ctx.output == OutputFormat::Json {
         output::json(&serde_json::json!({
             "clean": report.clean(),

@@ -8,8 +8,6 @@
 //! enabled feature flags: what a rolling upgrade checks between steps (`features`,
 //! `enable-feature`).
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use kiln_proto::v1;
 
@@ -54,12 +52,6 @@ struct Row {
     own: Option<v1::ClusterResponse>,
 }
 
-async fn ask(address: &str) -> Option<v1::ClusterResponse> {
-    let mut client = kiln_proto::Client::new([address]).ok()?;
-    client.deadline = Duration::from_secs(2);
-    client.call(|mut s| async move { s.cluster(v1::ClusterRequest {}).await }).await.ok()
-}
-
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let mut client = ctx.client()?;
     if let Some(change) = args.change {
@@ -91,11 +83,11 @@ async fn show(ctx: &Context) -> anyhow::Result<()> {
     let leader_view = if first.node_id == first.leader_id || first.leader_address.is_empty() {
         first.clone()
     } else {
-        ask(&first.leader_address).await.unwrap_or_else(|| first.clone())
+        kiln_proto::audit::view(&first.leader_address, client.credentials()).await.unwrap_or_else(|| first.clone())
     };
     let mut rows = Vec::new();
     for m in &leader_view.members {
-        rows.push(Row { member: m.clone(), own: ask(&m.address).await });
+        rows.push(Row { member: m.clone(), own: kiln_proto::audit::view(&m.address, client.credentials()).await });
     }
     let leader_commit = leader_view.commit_index;
 

@@ -14,6 +14,7 @@ pub mod status;
 pub mod submit;
 pub mod task;
 pub mod tasks;
+pub mod tls;
 pub mod worker;
 pub mod workers;
 
@@ -25,12 +26,49 @@ use crate::output::OutputFormat;
 pub struct Context {
     pub schedulers: Vec<String>,
     pub output: OutputFormat,
+    pub tls: TlsArgs,
 }
 
 impl Context {
     pub fn client(&self) -> anyhow::Result<kiln_proto::Client> {
-        kiln_proto::Client::new(self.schedulers.clone()).context("bad --scheduler address")
+        kiln_proto::Client::with_credentials(self.schedulers.clone(), self.credentials()?)
+            .context("bad --scheduler address")
     }
+
+    /// What the client commands present to the schedulers: `--ca` turns TLS on.
+    pub fn credentials(&self) -> anyhow::Result<kiln_proto::Credentials> {
+        let t = &self.tls;
+        kiln_proto::Credentials::from_parts(
+            t.ca.as_deref(),
+            t.cert.as_deref(),
+            t.key.as_deref(),
+            t.token.as_deref(),
+            &t.server_name,
+        )
+        .context("TLS options (--ca, --cert, --key, --token)")
+    }
+}
+
+/// The global TLS options of every client command (and of `kiln worker`, which falls back on
+/// them when its config has no `[tls]`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) of a cluster that runs TLS; turns TLS on (addresses become https://).
+    #[arg(long, global = true, env = "KILN_CA", value_name = "PEM")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) from `kiln tls init`: its role (admin, submit, worker) decides what
+    /// you may do.
+    #[arg(long, global = true, env = "KILN_CERT", value_name = "PEM", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "KILN_KEY", value_name = "PEM", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// Bearer token instead of a certificate (over TLS only; `kiln tls token` makes one).
+    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The name a scheduler's certificate must carry.
+    #[arg(long, global = true, env = "KILN_SERVER_NAME", default_value = kiln_config::SCHEDULER_SERVER_NAME)]
+    pub server_name: String,
 }
 
 pub fn state_name(state: i32) -> &'static str {

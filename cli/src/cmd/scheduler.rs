@@ -65,16 +65,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // does (a container's service name, a StatefulSet pod's stable name).
     if s.advertise.is_none() && s.listen.ip().is_unspecified() {
         if let Some(host) = sysinfo::System::host_name().filter(|h| !h.is_empty()) {
-            s.advertise = Some(format!("http://{host}:{}", s.listen.port()));
+            s.advertise = Some(format!("{}://{host}:{}", s.scheme(), s.listen.port()));
         }
     }
     opts.scheduler.resolve_node_id()?;
     opts.scheduler.validate()?;
     let running = kiln_scheduler::start(&opts.scheduler).await.context("cannot start the scheduler")?;
     println!(
-        "kiln scheduler: node {} serving gRPC on {} and HTTP on {}",
+        "kiln scheduler: node {} serving gRPC on {} ({}) and HTTP on {}",
         opts.scheduler.node_id,
         running.grpc_addr(),
+        if opts.scheduler.tls.is_some() { "mutual TLS" } else { "plaintext, no authentication" },
         running.http_addr()
     );
     // A node whose Raft thread died serves nothing: exit (non-zero) so systemd or compose restart

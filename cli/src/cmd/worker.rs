@@ -51,8 +51,20 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     if args.no_pin {
         w.pin_cores = false;
     }
+    // --ca/--cert/--key (KILN_CA, …) stand in for a [worker.tls] section the file lacks.
+    if let (None, Some(ca), Some(cert), Some(key)) = (&w.tls, &ctx.tls.ca, &ctx.tls.cert, &ctx.tls.key) {
+        w.tls = Some(kiln_config::TlsOptions {
+            ca_file: ca.clone(),
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            server_name: ctx.tls.server_name.clone(),
+        });
+    }
     opts.worker.validate()?;
-    let worker = kiln_worker::Worker::new(opts.worker).context("cannot start the worker")?;
+    let mut worker = kiln_worker::Worker::new(opts.worker).context("cannot start the worker")?;
+    if let Some(token) = &ctx.tls.token {
+        worker = worker.with_token(token).context("--token")?;
+    }
     worker.run(crate::signals::shutdown()).await.context("worker stopped")?;
     Ok(())
 }

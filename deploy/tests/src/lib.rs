@@ -112,9 +112,13 @@ impl Cluster {
     /// `kiln ARGS` in a throwaway container on the cluster's network, the store mounted.
     pub fn kiln(&self, args: &[&str]) -> Output {
         let store = format!("{}:/store", self.store.path().display());
-        let schedulers = "http://scheduler-1:7450,http://scheduler-2:7450,http://scheduler-3:7450";
+        // The certificates `tls-init` wrote; the admin's is presented.
+        let tls = format!("{}_tls:/etc/kiln/tls:ro", self.project);
+        let schedulers = "https://scheduler-1:7450,https://scheduler-2:7450,https://scheduler-3:7450";
         Command::new("docker")
-            .args(["run", "--rm", "--network", &self.network(), "-v", &store, "-e"])
+            .args(["run", "--rm", "--network", &self.network(), "-v", &store, "-v", &tls])
+            .args(["-e", "KILN_CA=/etc/kiln/tls/ca.pem", "-e", "KILN_CERT=/etc/kiln/tls/admin.pem"])
+            .args(["-e", "KILN_KEY=/etc/kiln/tls/admin-key.pem", "-e"])
             .arg(format!("KILN_SCHEDULER={schedulers}"))
             .arg(&self.image)
             .args(args)

@@ -51,6 +51,7 @@ impl WorkerSession for SessionService {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let bound = crate::auth::caller(&request).bound_worker().map(str::to_owned);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -60,6 +61,12 @@ impl WorkerSession for SessionService {
             Some(Err(e)) => return Err(e),
             _ => return Err(Status::invalid_argument("a session must open with Hello")),
         };
+        if let Some(bound) = bound.filter(|b| *b != hello.worker_id) {
+            return Err(Status::permission_denied(format!(
+                "this identity may open a session as worker {bound:?} only, not {:?}",
+                hello.worker_id
+            )));
+        }
         let held = convert::lease_keys(&hello.held);
         let spec = convert::spec_from_hello(hello).map_err(convert::Invalid::from)?;
         let worker = spec.id.clone();

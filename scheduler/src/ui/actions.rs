@@ -79,6 +79,11 @@ pub enum Refused {
     BadToken,
     #[error("{0}")]
     BadForm(String),
+    #[error(
+        "this cluster runs with TLS and roles, and the dashboard cannot check for the admin role: it is \
+         read-only. Use the kiln command with an admin certificate (kiln --ca … --cert … --key …)"
+    )]
+    NeedsAdmin,
 }
 
 /// Compares in time independent of where the strings differ.

@@ -186,7 +186,7 @@ async fn cluster_page(State(ui): State<Ui>) -> Response {
         Ok((status, digest, node, mine)) => {
             // Every other member answers for its own release, at once; this one from memory.
             let members = status.members.iter().map(|(id, address, _)| (*id, address.clone())).collect();
-            let reports = crate::upgrade::ask_all(status.id, members, mine).await;
+            let reports = crate::upgrade::ask_all(status.id, members, mine, ui.handle.peer_credentials()).await;
             let releases = reports.into_iter().map(|r| (r.id, r.support)).collect();
             let body = fleet::cluster_body(&status, digest, &releases);
             Html(page(Section::Cluster, "Cluster", &node, &body)).into_response()
@@ -226,6 +226,11 @@ async fn act(
     let Some(action) = actions::Action::parse(&name) else {
         return refused(StatusCode::NOT_FOUND, format!("no action {name:?}"));
     };
+    // The HTTP port has no client certificates: where the gRPC port demands the admin role, the
+    // dashboard cannot tell an admin from anyone who reaches the port, so it only shows.
+    if ui.handle.peer_credentials().is_tls() {
+        return refused(StatusCode::FORBIDDEN, actions::Refused::NeedsAdmin.to_string());
+    }
     if let Err(e) = actions::check(&headers, &form, &ui.csrf) {
         return refused(StatusCode::FORBIDDEN, e.to_string());
     }
