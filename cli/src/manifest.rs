@@ -14,11 +14,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use kiln_proto::v1;
-use kiln_types::BUILTIN_RENDERERS;
-use serde::Deserialize;
 
-/// Longest JSONL line read (a job takes a few hundred bytes).
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+pub use kiln_proto::manifest::{validate, MAX_LINE_BYTES};
 
 /// One JSONL line as read: its text, or why it has none.
 enum Line {
@@ -78,36 +75,11 @@ impl Format {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonJob {
-    request_id: String,
-    release_id: i64,
-    asset_id: i64,
-    asset_guid: String,
-    derivative_assets: Vec<String>,
-    #[serde(default)]
-    queue: String,
-    #[serde(default)]
-    priority: i32,
-    #[serde(default)]
-    max_attempts: u32,
-}
-
 /// A manifest line that failed, with its 1-based line number.
 #[derive(Debug, Clone)]
 pub struct BadLine {
     pub line: usize,
     pub reason: String,
-}
-
-/// Checks a wire job the way the scheduler will, so errors carry line numbers.
-pub fn validate(job: &v1::EncodeJob) -> Result<(), String> {
-    kiln_proto::job_from_pb(job.clone()).map_err(|e| e.to_string())?;
-    if let Some(r) = job.derivative_assets.iter().find(|r| !BUILTIN_RENDERERS.contains(&r.as_str())) {
-        return Err(format!("unknown renderer `{r}` (known: {})", BUILTIN_RENDERERS.join(", ")));
-    }
-    Ok(())
 }
 
 /// Reads every line of the manifest, calling `each` with the line number and the parsed job.
@@ -140,20 +112,7 @@ pub fn read(
                 if trimmed.is_empty() || trimmed.starts_with('#') {
                     continue;
                 }
-                let job = serde_json::from_str::<JsonJob>(trimmed)
-                    .map_err(|e| e.to_string())
-                    .map(|j| v1::EncodeJob {
-                        request_id: j.request_id,
-                        release_id: j.release_id,
-                        asset_id: j.asset_id,
-                        asset_guid: j.asset_guid,
-                        derivative_assets: j.derivative_assets,
-                        queue: j.queue,
-                        priority: j.priority,
-                        max_attempts: j.max_attempts,
-                    })
-                    .and_then(|j| validate(&j).map(|()| j));
-                each(i + 1, job);
+                each(i + 1, kiln_proto::manifest::parse_jsonl_line(trimmed));
             }
         }
         Format::Csv => {

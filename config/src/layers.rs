@@ -45,6 +45,14 @@ pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
     toml::Value::Table(tree).try_into::<Options>().map_err(|e| Error::Parse { path, message: e.to_string() })
 }
 
+/// A config file's text alone, without defaults from a file or the environment: for checking a
+/// file's text (and for the fuzz target that feeds it hostile bytes).
+pub fn parse(text: &str) -> Result<Options, Error> {
+    let path = PathBuf::from("<text>");
+    let tree = text.parse::<toml::Table>().map_err(|e| Error::Parse { path: path.clone(), message: e.to_string() })?;
+    toml::Value::Table(tree).try_into::<Options>().map_err(|e| Error::Parse { path, message: e.to_string() })
+}
+
 /// Environment values are TOML literals when they parse as one (numbers, booleans, arrays), and
 /// plain strings otherwise, so `KILN_WORKER__SLOTS=4` and `KILN_WORKER__MASTERS=/srv/m` both work.
 fn env_value(raw: &str) -> toml::Value {

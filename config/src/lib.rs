@@ -12,7 +12,7 @@ mod scheduler;
 mod tls;
 mod worker;
 
-pub use layers::{load, Error};
+pub use layers::{load, parse, Error};
 pub use scheduler::{PeerOptions, SchedulerOptions};
 pub use tls::{CertIdentity, Role, TlsOptions, TokenOptions, SCHEDULER_SERVER_NAME};
 pub use worker::WorkerOptions;

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod client;
 mod convert;
 pub mod http;
+pub mod manifest;
 pub mod metrics;
 pub mod tls;
 

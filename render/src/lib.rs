@@ -31,6 +31,7 @@ mod pipeline;
 pub mod synth;
 mod waveform;
 
+pub use artwork::render as render_artwork;
 pub use audio::Audio;
 pub use decode::{decode, DecodeLimits};
 pub use error::Error;

@@ -123,6 +123,17 @@ fn ledger_config(opts: &SchedulerOptions) -> LedgerConfig {
     }
 }
 
+/// What the peer service does with a Raft message's bytes before the node sees it: the wire
+/// check, the protobuf parse and the membership guard (for a node 1 of three with 100 entries).
+/// Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn check_peer_message(bytes: &[u8]) -> Result<(), String> {
+    use protobuf::Message as _;
+    raft_wire::check(bytes).map_err(|e| e.to_string())?;
+    let msg = raft::prelude::Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
+    peer_guard::admit(msg, 1, |id| (1..=3).contains(&id), 100).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// The files of the `[tls]` section.
 pub fn tls_files(tls: &kiln_config::TlsOptions) -> kiln_proto::TlsFiles {
     kiln_proto::TlsFiles {

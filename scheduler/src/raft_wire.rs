@@ -1,12 +1,14 @@
 //! A check of a Raft message's protobuf encoding before raft-rs's `protobuf` 2 parser reads it.
 //!
-//! That parser skips an unknown group field by recursing once per nesting level, with no limit
-//! (RUSTSEC-2024-0437): a few kilobytes of nested start-group tags overflow the stack and abort
-//! the process. No field of `eraftpb` is a group, so a group tag anywhere the parser would look —
-//! the message, its entries, its snapshot's metadata and conf state, and the conf changes carried
-//! in entries — can only be an attack or damage. [`check`] walks exactly those places, without
-//! recursion deeper than the schema, and refuses the message before it is parsed. Everything else
-//! it leaves to the parser (unknown length-delimited fields are skipped by it without recursion).
+//! RUSTSEC-2024-0437 reports that `protobuf` before 3.7.2 can recurse without limit while
+//! skipping unknown group fields, overflowing the stack on a few kilobytes of nested start-group
+//! tags. The 2.28 that raft-rs pulls in refuses a group inside a skipped group instead of
+//! recursing (a test below holds it to that on a small stack), but Kiln does not lean on it: no
+//! field of `eraftpb` is a group, so a group tag anywhere the parser would look — the message,
+//! its entries, its snapshot's metadata and conf state, and the conf changes carried in entries —
+//! can only be an attack or damage. [`check`] walks exactly those places, no deeper than the
+//! schema, and refuses the message before it is parsed. Everything else it leaves to the parser
+//! (unknown length-delimited fields are skipped without recursion).
 
 use thiserror::Error;
 
@@ -149,10 +151,22 @@ mod tests {
         assert_eq!(check(&bytes), Ok(()));
     }
 
-    /// The input that overflows `protobuf` 2's stack: start-group tags nested deeper than any
-    /// stack, as an unknown field of the message.
+    /// The advisory's input: start-group tags of an unknown field (100) nested deeper than any
+    /// stack.
     fn nested_groups(depth: usize) -> Vec<u8> {
-        std::iter::repeat_n(0x5b, depth).collect() // field 11, wire type 3
+        [0xa3, 0x06].repeat(depth)
+    }
+
+    #[test]
+    fn the_protobuf_parser_itself_refuses_nested_groups_without_deep_recursion() {
+        // On a 256 KiB stack: a parser that recursed per level would abort this test process.
+        let bytes = nested_groups(100_000);
+        let parsed = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || Message::parse_from_bytes(&bytes).is_ok())
+            .expect("thread")
+            .join();
+        assert_eq!(parsed.ok(), Some(false));
     }
 
     #[test]
@@ -173,7 +187,7 @@ mod tests {
         let mut m = Message::default();
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
-        e.data = groups[..1000].to_vec().into();
+        e.data = nested_groups(500).into();
         m.mut_entries().push(e);
         let bytes = m.write_to_bytes().expect("encode");
         assert!(matches!(check(&bytes), Err(WireError::Group { .. })));
