@@ -47,6 +47,12 @@ pub struct WorkerOptions {
     /// Masters longer than this are refused (permanent error).
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
+    /// A render still running after this long is abandoned: the task fails (and is retried,
+    /// then dead-lettered), and the worker's `/healthz` fails so it gets restarted, because the
+    /// stuck thread cannot be taken back. Renders run at ~100x real time, so the default leaves a
+    /// wide margin over `max_duration`.
+    #[serde(with = "humantime_serde")]
+    pub render_timeout: Duration,
     /// Most bytes of decoded audio (4 per sample per channel) one master may expand to: checked
     /// from the header and while decoding, so a small compressed file cannot take all memory.
     pub max_decoded_bytes: u64,
@@ -94,6 +100,7 @@ impl Default for WorkerOptions {
             max_master_bytes: 2 << 30,
             master_memory_bytes: None,
             max_duration: Duration::from_secs(60 * 60),
+            render_timeout: Duration::from_secs(30 * 60),
             max_decoded_bytes: 3 << 30,
             artwork_sizes: vec![1400, 500, 250],
             auto_prefetch: false,
@@ -129,6 +136,9 @@ impl WorkerOptions {
         }
         if self.speed.is_some_and(|s| !(s.is_finite() && s > 0.0 && s <= 1000.0)) {
             return bad("speed must be a positive number up to 1000");
+        }
+        if self.render_timeout.is_zero() {
+            return bad("render_timeout must be positive");
         }
         if self.store_timeout.is_zero() {
             return bad("store_timeout must be positive");

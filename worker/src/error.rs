@@ -56,6 +56,10 @@ pub enum TaskError {
     /// The render threads are gone (the worker is shutting down).
     #[error("render threads stopped")]
     SlotsClosed,
+    /// The render ran past `render_timeout`. Retried (a loaded host may be why); a master that
+    /// hangs a renderer every time is dead-lettered once its attempts run out.
+    #[error("render still running after {limit:?} (render_timeout): abandoned")]
+    RenderTimeout { limit: std::time::Duration },
 }
 
 impl TaskError {
@@ -68,7 +72,8 @@ impl TaskError {
             | TaskError::Upload { .. }
             | TaskError::OutputName { .. }
             | TaskError::Panicked(_)
-            | TaskError::SlotsClosed => false,
+            | TaskError::SlotsClosed
+            | TaskError::RenderTimeout { .. } => false,
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! `/healthz` answers 200 as long as the process serves, connected or not: a worker that lost its
 //! scheduler keeps rendering what it holds, and a liveness probe must not kill it for that. The
-//! body says whether a session is open and whether the worker drains.
+//! body says whether a session is open and whether the worker drains. It answers 503 once a
+//! render was abandoned past `render_timeout`: that render's thread cannot be taken back, so only
+//! a restart returns the slot.
 
 use std::sync::Arc;
 
@@ -26,10 +28,15 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, mut
     kiln_proto::http::serve(listener, router(metrics), kiln_proto::http::Limits::default(), shutdown).await;
 }
 
-async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> axum::response::Response {
+    let abandoned = metrics.renders_abandoned();
+    if abandoned > 0 {
+        let body = format!("unhealthy: {abandoned} render(s) ran past render_timeout and still hold a slot's thread\n");
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let session = if metrics.is_connected() { "connected" } else { "disconnected, reconnecting" };
     let state = if metrics.is_draining() { "draining" } else { "running" };
-    format!("ok: {state}, {session}, {} busy slots\n", metrics.busy_slots())
+    format!("ok: {state}, {session}, {} busy slots\n", metrics.busy_slots()).into_response()
 }
 
 async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

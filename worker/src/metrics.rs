@@ -46,6 +46,8 @@ pub struct Metrics {
     bytes_uploaded: Counter,
     slot_busy_seconds: Counter<f64, AtomicU64>,
     sessions_opened: Counter,
+    /// Renders past `render_timeout`: each still holds its thread (it cannot be stopped).
+    renders_abandoned: Counter,
     connected: Gauge,
     draining: Gauge,
     /// Per renderer: how long each run took.
@@ -72,6 +74,7 @@ impl Metrics {
             bytes_uploaded: Counter::default(),
             slot_busy_seconds: Counter::default(),
             sessions_opened: Counter::default(),
+            renders_abandoned: Counter::default(),
             connected: Gauge::default(),
             draining: Gauge::default(),
             render: RendererHistograms::default(),
@@ -119,6 +122,11 @@ impl Metrics {
             self.slot_busy_seconds.clone(),
         );
         r.register("kiln_worker_sessions_opened", "Sessions opened with a scheduler.", self.sessions_opened.clone());
+        r.register(
+            "kiln_worker_renders_abandoned",
+            "Renders that ran past render_timeout; each still holds its thread, so /healthz fails.",
+            self.renders_abandoned.clone(),
+        );
         r.register("kiln_worker_connected", "1 while a session with the leader is open.", self.connected.clone());
         r.register("kiln_worker_draining", "1 once the worker drains.", self.draining.clone());
         self.render.register(
@@ -139,6 +147,15 @@ impl Metrics {
 
     pub fn slot_started(&self) {
         self.busy_slots.inc();
+    }
+
+    pub fn render_abandoned(&self) {
+        self.renders_abandoned.inc();
+    }
+
+    /// Renders abandoned past their deadline (their threads may still be busy).
+    pub fn renders_abandoned(&self) -> u64 {
+        self.renders_abandoned.get()
     }
 
     pub fn slot_finished(&self, took: Duration) {

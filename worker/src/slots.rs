@@ -61,33 +61,47 @@ const WAITING: u8 = 0;
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;
 
-/// Whether a task's render has started; shared by the task, its slot thread and the worker loop.
+/// Whether a task's render has started (and when); shared by the task, its slot thread and the
+/// worker loop.
 #[derive(Debug, Default)]
-pub struct Stage(AtomicU8);
+pub struct Stage {
+    state: AtomicU8,
+    /// When a thread claimed the job: the render deadline counts from here, not from the queue.
+    started_at: std::sync::OnceLock<Instant>,
+}
 
 impl Stage {
     /// Claims the job for rendering. False if it was cancelled first.
     pub fn start(&self) -> bool {
-        self.0.compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        let claimed = self.state.compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if claimed {
+            let _ = self.started_at.set(Instant::now());
+        }
+        claimed
+    }
+
+    /// When the render began, if it has.
+    pub fn started_at(&self) -> Option<Instant> {
+        self.started_at.get().copied()
     }
 
     /// Cancels the job if no thread has started it. False if rendering already began.
     pub fn cancel(&self) -> bool {
-        self.0.compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.state.compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Neither started nor cancelled: fetching or waiting for a slot (what stealing may take).
     pub fn is_waiting(&self) -> bool {
-        self.0.load(Ordering::Acquire) == WAITING
+        self.state.load(Ordering::Acquire) == WAITING
     }
 
     #[cfg(test)]
     pub fn is_started(&self) -> bool {
-        self.0.load(Ordering::Acquire) == STARTED
+        self.state.load(Ordering::Acquire) == STARTED
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Acquire) == CANCELLED
+        self.state.load(Ordering::Acquire) == CANCELLED
     }
 }
 

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -40,6 +40,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub worker_id: String,
     pub max_master_bytes: u64,
+    /// A render running longer than this is abandoned (see [`await_render`]).
+    pub render_timeout: Duration,
 }
 
 /// A task as leased to this worker.
@@ -97,6 +99,31 @@ pub async fn run(shared: Arc<Shared>, task: Assigned, stage: Arc<Stage>) -> Opti
     }
 }
 
+/// The render's reply, or `None` once it has run `limit` past its start (time queued for a slot
+/// does not count). A Rust thread cannot be stopped from outside: the abandoned render keeps its
+/// thread until it ends, so the worker counts it and reports itself unhealthy (`/healthz`) for a
+/// restart, while the task is failed and retried elsewhere.
+async fn await_render(
+    mut reply: oneshot::Receiver<Result<Rendered, TaskError>>,
+    stage: &Stage,
+    limit: Duration,
+) -> Option<Result<Result<Rendered, TaskError>, oneshot::error::RecvError>> {
+    loop {
+        let wait = match stage.started_at() {
+            Some(at) => limit.saturating_sub(at.elapsed()),
+            None => Duration::from_secs(1),
+        };
+        tokio::select! {
+            result = &mut reply => return Some(result),
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {
+                if stage.started_at().is_some_and(|at| at.elapsed() >= limit) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 enum Stop {
     Cancelled,
     Failed(TaskError),
@@ -130,10 +157,14 @@ async fn execute(shared: &Shared, task: &Assigned, stage: Arc<Stage>) -> Result<
         reply,
     };
     shared.slots.send_async(render_job).await.map_err(|_| TaskError::SlotsClosed)?;
-    let rendered: Rendered = match rendered.await {
-        Ok(result) => result?,
-        Err(_) if stage.is_cancelled() => return Err(Stop::Cancelled),
-        Err(_) => return Err(TaskError::SlotsClosed.into()),
+    let rendered: Rendered = match await_render(rendered, &stage, shared.render_timeout).await {
+        Some(Ok(result)) => result?,
+        Some(Err(_)) if stage.is_cancelled() => return Err(Stop::Cancelled),
+        Some(Err(_)) => return Err(TaskError::SlotsClosed.into()),
+        None => {
+            shared.metrics.render_abandoned();
+            return Err(TaskError::RenderTimeout { limit: shared.render_timeout }.into());
+        }
     };
     for (renderer, _, us) in &rendered.renderers {
         shared.metrics.rendered(renderer, *us);

@@ -171,6 +171,7 @@ impl Worker {
             metrics: metrics.clone(),
             worker_id: id.clone(),
             max_master_bytes: opts.max_master_bytes,
+            render_timeout: opts.render_timeout,
         });
 
         let hello = v1::Hello {

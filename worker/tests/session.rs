@@ -820,3 +820,41 @@ async fn across_a_wan_auto_prefetch_holds_enough_ahead_to_cover_the_round_trip()
     worker.finish().await;
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_render_past_render_timeout_is_abandoned_retried_and_reported_unhealthy() {
+    let mut h = Harness::new().await;
+    h.sine("a.wav", 0.1);
+    let port = kiln_testkit::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut opts = h.worker_options("w-stuck", 2);
+    opts.http_listen = Some(addr);
+    opts.render_timeout = Duration::from_millis(300);
+    let (scripted, started, gate) = Scripted::new(true, 0);
+    let running = spawn(Worker::with_renderer(opts, scripted).expect("worker"));
+    let ids = h.submit(&[("a.wav", &["loudness"])]).await;
+    tokio::time::timeout(WAIT, started.recv_async()).await.expect("render starts").expect("started");
+
+    // The render hangs on its gate: past the deadline the worker gives up on it and says so.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let health = loop {
+        let health = http_get(addr, "/healthz").await;
+        if health.starts_with("HTTP/1.1 503") || tokio::time::Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(health.starts_with("HTTP/1.1 503") && health.contains("render_timeout"), "{health}");
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("kiln_worker_renders_abandoned_total 1"), "{metrics}");
+
+    // Unstuck, the retry (on the other slot) renders it; the abandoned attempt is in its history.
+    for _ in 0..4 {
+        let _ = gate.send(());
+    }
+    let t = h.wait_terminal(&ids).await.remove(0);
+    assert_eq!(t.state(), v1::TaskState::Succeeded, "{t:#?}");
+    assert!(t.history.iter().any(|e| e.kind == "failed" && e.detail.contains("render_timeout")), "{t:#?}");
+    running.finish().await;
+    h.shutdown().await;
+}
