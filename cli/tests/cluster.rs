@@ -10,22 +10,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kiln_proto::v1;
-use kiln_testkit::{run, wait_for, write_sine_wav, TestCluster};
+use kiln_testkit::{run, wait_for, write_sine_wav, TestCluster, FAST_FAILOVER};
 
 fn kiln() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
 }
 
-/// Short leases and elections so failures resolve within a test's patience; a small
-/// snapshot_every so every run compacts its log many times.
-const SETTINGS: &[(&str, &str)] = &[
-    ("raft_tick", "\"50ms\""),
-    ("election_ticks", "10"),
-    ("lease_ttl", "\"4s\""),
-    ("heartbeat_interval", "\"500ms\""),
-    ("retry_backoff_base", "\"200ms\""),
-    ("snapshot_every", "50"),
-];
+/// Fast failover, and a small snapshot_every so every run compacts its log many times.
+fn settings() -> Vec<(&'static str, &'static str)> {
+    [FAST_FAILOVER, &[("snapshot_every", "50")]].concat()
+}
 
 struct Harness {
     rt: tokio::runtime::Runtime,
@@ -51,7 +45,7 @@ impl Harness {
             let p = data.path().join("masters").join(format!("src-{i}.wav"));
             write_sine_wav(&p, 8_000, 1.0, 220.0 + i as f32 * 7.0, 0.5).expect("write wav");
         }
-        let cluster = TestCluster::start(&kiln(), 3, SETTINGS);
+        let cluster = TestCluster::start(&kiln(), 3, &settings());
         let mut h = Self { rt, cluster, data, submitted: BTreeSet::new(), paused: Vec::new() };
         h.wait_for_leader(&[]);
         let (masters, derivatives) = (h.masters(), h.data.path().join("derivatives"));

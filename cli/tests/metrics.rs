@@ -10,19 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_proto::v1;
-use kiln_testkit::{free_port, wait_for, write_sine_wav, KilnProcess, TestCluster};
+use kiln_testkit::{free_port, wait_for, write_sine_wav, KilnProcess, TestCluster, FAST_FAILOVER};
 
 fn kiln() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
 }
-
-const SETTINGS: &[(&str, &str)] = &[
-    ("raft_tick", "\"50ms\""),
-    ("election_ticks", "10"),
-    ("lease_ttl", "\"4s\""),
-    ("heartbeat_interval", "\"500ms\""),
-    ("retry_backoff_base", "\"200ms\""),
-];
 
 /// Series computed from the replicated ledger: the same on every replica.
 const LEDGER: &[&str] = &[
@@ -183,7 +175,7 @@ fn a_three_node_cluster_serves_every_dashboard_and_alert_series_and_none_needs_s
     }
     std::fs::write(masters.join("bad.wav"), b"not audio").expect("write");
 
-    let cluster = TestCluster::start(&kiln(), 3, SETTINGS);
+    let cluster = TestCluster::start(&kiln(), 3, FAST_FAILOVER);
     let addresses = cluster.addresses();
     wait_for("a leader", Duration::from_secs(30), || status(addresses.clone()).is_some());
     // Submitted before the worker starts, so the queue series are observed while tasks wait

@@ -10,21 +10,16 @@ use std::time::Duration;
 
 use kiln_proto::v1;
 use kiln_proto::Credentials;
-use kiln_testkit::{run, wait_for, write_sine_wav, TestCluster};
+use kiln_testkit::{run, wait_for, write_sine_wav, TestCluster, FAST_FAILOVER};
 use tokio_stream::StreamExt as _;
 
 fn kiln() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
 }
 
-const SETTINGS: &[(&str, &str)] = &[
-    ("raft_tick", "\"50ms\""),
-    ("election_ticks", "10"),
-    ("lease_ttl", "\"4s\""),
-    ("heartbeat_interval", "\"500ms\""),
-    ("retry_backoff_base", "\"200ms\""),
-    ("snapshot_every", "50"),
-];
+fn settings() -> Vec<(&'static str, &'static str)> {
+    [FAST_FAILOVER, &[("snapshot_every", "50")]].concat()
+}
 
 /// `kiln` against the cluster, presenting the certificate `who` (`admin`, `worker-1`, …).
 fn kiln_as(cluster: &TestCluster, who: &str, args: &[&str]) -> Output {
@@ -87,7 +82,7 @@ fn a_tls_cluster_refuses_strangers_wrong_roles_and_impersonation() {
         "[{{ name = \"ci-bot\", role = \"submit\", sha256 = \"{}\" }}]",
         token["sha256"].as_str().expect("sha256")
     );
-    let mut settings = SETTINGS.to_vec();
+    let mut settings = settings();
     settings.push(("tokens", &tokens));
     let cluster = TestCluster::start_tls(&kiln(), 3, &settings);
     let tls = cluster.tls.clone().expect("tls dir");
@@ -186,7 +181,7 @@ fn a_tls_cluster_replicates_fails_over_and_loses_nothing() {
     for i in 0..12 {
         write_sine_wav(&masters.join(format!("m-{i}.wav")), 8_000, 1.0, 220.0 + i as f32 * 9.0, 0.5).expect("wav");
     }
-    let mut cluster = TestCluster::start_tls(&kiln(), 3, SETTINGS);
+    let mut cluster = TestCluster::start_tls(&kiln(), 3, &settings());
     wait_until_serving(&cluster);
     let derivatives = cluster_dir.path().join("derivatives");
     cluster.start_worker("worker-1", 2, &masters, &derivatives);

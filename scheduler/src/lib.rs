@@ -308,6 +308,10 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        // One connection cannot occupy the node with unbounded parallel calls: past 64 running
+        // calls its next ones wait, and past 256 open streams the client is refused more.
+        .concurrency_limit_per_connection(64)
+        .max_concurrent_streams(Some(256))
         .layer(auth::AuthLayer(std::sync::Arc::new(authorizer)))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

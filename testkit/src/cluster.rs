@@ -10,6 +10,16 @@ use std::time::Duration;
 
 use crate::{free_port, KilnProcess};
 
+/// `[scheduler]` settings for tests that kill leaders: elections in 0.5–1 s, leases that lapse in
+/// 4 s, retries after 200 ms, so failures resolve within a test's patience.
+pub const FAST_FAILOVER: &[(&str, &str)] = &[
+    ("raft_tick", "\"50ms\""),
+    ("election_ticks", "10"),
+    ("lease_ttl", "\"4s\""),
+    ("heartbeat_interval", "\"500ms\""),
+    ("retry_backoff_base", "\"200ms\""),
+];
+
 /// One scheduler node: its Raft id, address, config file and process.
 pub struct Node {
     pub id: u64,

@@ -12,6 +12,6 @@ mod process;
 pub mod wan;
 mod wav;
 
-pub use cluster::{Node, TestCluster};
+pub use cluster::{Node, TestCluster, FAST_FAILOVER};
 pub use process::{free_port, run, wait_for, wait_for_or_explain, KilnProcess};
 pub use wav::{write_sine_wav, write_wav};

@@ -1,5 +1,6 @@
 """The client: one gRPC channel at a time, following the leader on UNAVAILABLE."""
 
+import pathlib
 import time
 from typing import Iterable, Iterator, List, Optional, Sequence
 
@@ -28,12 +29,50 @@ class KilnError(Exception):
         self.message = message
 
 
-class Client:
-    """Calls `kiln.v1.Scheduler` on any of `addresses` (``http://host:7450``)."""
+#: The name every scheduler certificate carries (what `kiln tls init` writes), checked whatever
+#: address was dialled.
+SCHEDULER_SERVER_NAME = "scheduler.kiln"
 
-    def __init__(self, addresses: Sequence[str], timeout: float = 10.0, retry_for: float = 15.0):
+
+class Client:
+    """Calls `kiln.v1.Scheduler` on any of `addresses` (``http://host:7450``).
+
+    Against a cluster that runs TLS, pass ``ca`` (the cluster CA's PEM file) and either a client
+    certificate (``cert`` and ``key``, as `kiln tls init` / `kiln tls cert` write them) or a
+    bearer ``token`` (`kiln tls token`); the role it carries decides what the calls may do.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        timeout: float = 10.0,
+        retry_for: float = 15.0,
+        *,
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        token: Optional[str] = None,
+        server_name: str = SCHEDULER_SERVER_NAME,
+    ):
         if not addresses:
             raise ValueError("give at least one scheduler address")
+        if (cert is None) != (key is None):
+            raise ValueError("a client certificate needs its key too (and the key its certificate)")
+        if (cert or token) and not ca:
+            raise ValueError("a certificate or token is sent over TLS only: give ca too")
+        self._credentials = None
+        self._server_name = server_name
+        if ca:
+            read = lambda path: pathlib.Path(path).read_bytes()
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(ca),
+                private_key=read(key) if key else None,
+                certificate_chain=read(cert) if cert else None,
+            )
+            if token:
+                self._credentials = grpc.composite_channel_credentials(
+                    self._credentials, grpc.access_token_call_credentials(token)
+                )
         self._addresses = [a.strip() for a in addresses if a.strip()]
         self._timeout = timeout
         self._retry_for = retry_for
@@ -134,7 +173,11 @@ class Client:
         if self._target != target:
             self.close()
             host = target.split("://", 1)[-1].rstrip("/")
-            self._channel = grpc.insecure_channel(host)
+            if self._credentials is None:
+                self._channel = grpc.insecure_channel(host)
+            else:
+                options = [("grpc.ssl_target_name_override", self._server_name)]
+                self._channel = grpc.secure_channel(host, self._credentials, options=options)
             self._stub = pb_grpc.SchedulerStub(self._channel)
             self._target = target
         assert self._stub is not None

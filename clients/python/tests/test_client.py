@@ -170,3 +170,71 @@ class ClusterTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TlsTest(unittest.TestCase):
+    """One scheduler with mutual TLS: the Python client with an admin certificate, a submit
+    token, and without credentials."""
+
+    @classmethod
+    def setUpClass(cls):
+        binary = kiln_binary()
+        if not binary.is_file():
+            raise unittest.SkipTest(f"no kiln binary at {binary}: run `cargo build -p kiln` first")
+        cls.dir = tempfile.TemporaryDirectory()
+        root = pathlib.Path(cls.dir.name)
+        cls.tls = root / "tls"
+        subprocess.run([str(binary), "tls", "init", str(cls.tls), "--nodes", "1", "--workers", "0"], check=True,
+                       capture_output=True)
+        token = subprocess.run([str(binary), "tls", "token", "--role", "submit", "--name", "notebook", "-o", "json"],
+                               check=True, capture_output=True)
+        import json
+        minted = json.loads(token.stdout)
+        cls.token = minted["token"]
+        grpc_port, http_port = free_port(), free_port()
+        cls.addresses = [f"https://127.0.0.1:{grpc_port}"]
+        config = root / "node.toml"
+        config.write_text("\n".join([
+            "[scheduler]",
+            f'data_dir = "{root / "data"}"',
+            f'listen = "127.0.0.1:{grpc_port}"',
+            f'http_listen = "127.0.0.1:{http_port}"',
+            'raft_tick = "50ms"',
+            f'tokens = [{{ name = "notebook", role = "submit", sha256 = "{minted["sha256"]}" }}]',
+            "[scheduler.tls]",
+            f'ca_file = "{cls.tls / "ca.pem"}"',
+            f'cert_file = "{cls.tls / "node-1.pem"}"',
+            f'key_file = "{cls.tls / "node-1-key.pem"}"',
+        ]) + "\n")
+        cls.log_path = root / "node.log"
+        cls.log = open(cls.log_path, "wb")
+        cls.process = subprocess.Popen([str(binary), "scheduler", "--config", str(config)], stdout=cls.log,
+                                       stderr=cls.log, stdin=subprocess.DEVNULL)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.process.kill()
+        cls.process.wait()
+        cls.log.close()
+        cls.dir.cleanup()
+
+    def admin(self) -> Client:
+        t = self.tls
+        return Client(self.addresses, ca=str(t / "ca.pem"), cert=str(t / "admin.pem"), key=str(t / "admin-key.pem"))
+
+    def test_an_admin_certificate_reads_and_a_submit_token_cannot_requeue(self):
+        with self.admin() as client:
+            status = client.status()
+            self.assertEqual(status.cluster.leader_id, 1, self.log_path.read_text(errors="replace")[-2000:])
+        with Client(self.addresses, ca=str(self.tls / "ca.pem"), token=self.token) as client:
+            client.status()
+            with self.assertRaises(KilnError) as refused:
+                client.requeue_dead_letters(all=True)
+            self.assertEqual(refused.exception.code, grpc.StatusCode.PERMISSION_DENIED)
+            self.assertIn("needs the admin role", refused.exception.message)
+
+    def test_without_credentials_the_cluster_refuses(self):
+        with Client(self.addresses, ca=str(self.tls / "ca.pem"), retry_for=2) as client:
+            with self.assertRaises(KilnError) as refused:
+                client.status()
+            self.assertEqual(refused.exception.code, grpc.StatusCode.UNAUTHENTICATED)
