@@ -59,22 +59,7 @@ fn generated(target: Target) -> Vec<(String, Vec<u8>)> {
 /// The ledger's golden fixtures (real entries and snapshots of every format), as mutation seeds.
 fn golden_ledger_fixtures() -> Vec<(String, Vec<u8>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ledger/tests/golden");
-    let mut out = Vec::new();
-    for version in std::fs::read_dir(&root).expect("golden fixtures") {
-        for file in std::fs::read_dir(version.expect("version").path()).expect("version dir") {
-            let path = file.expect("fixture").path();
-            if path.extension().is_some_and(|e| e == "hex") {
-                let text = std::fs::read_to_string(&path).expect("read fixture");
-                let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
-                let bytes = digits
-                    .chunks(2)
-                    .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-                    .collect();
-                out.push((path.display().to_string(), bytes));
-            }
-        }
-    }
-    out
+    kiln_testkit::hex_fixtures(&root).into_iter().map(|(path, bytes)| (path.display().to_string(), bytes)).collect()
 }
 
 /// Runs one input, turning a panic into a failure that names a saved copy of the input.

@@ -16,22 +16,7 @@ fn fixtures() -> &'static [Vec<u8>] {
 
 fn read_fixtures() -> Vec<Vec<u8>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut out = Vec::new();
-    for version in std::fs::read_dir(&root).expect("golden dir") {
-        let dir = version.expect("entry").path();
-        for file in std::fs::read_dir(&dir).expect("version dir") {
-            let path = file.expect("entry").path();
-            if path.extension().is_some_and(|e| e == "hex") {
-                let text = std::fs::read_to_string(&path).expect("read fixture");
-                let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
-                let bytes = hex
-                    .chunks(2)
-                    .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).expect("ascii"), 16).expect("hex"))
-                    .collect();
-                out.push(bytes);
-            }
-        }
-    }
+    let out: Vec<Vec<u8>> = kiln_testkit::hex_fixtures(&root).into_iter().map(|(_, bytes)| bytes).collect();
     assert!(out.len() > 20, "the golden fixtures are missing: {}", root.display());
     out
 }

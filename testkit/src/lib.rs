@@ -8,10 +8,12 @@
 //! restart it, every task still ends once").
 
 mod cluster;
+mod hex;
 mod process;
 pub mod wan;
 mod wav;
 
 pub use cluster::{Node, TestCluster, FAST_FAILOVER};
+pub use hex::{hex_bytes, hex_fixtures};
 pub use process::{free_port, run, wait_for, wait_for_or_explain, KilnProcess};
 pub use wav::{write_sine_wav, write_wav};

@@ -52,14 +52,19 @@ def write_tone(path: pathlib.Path, seconds: float = 2.0, rate: int = 22_050) -> 
         w.writeframes(frames)
 
 
+def fresh_dir(cls) -> "tuple[pathlib.Path, pathlib.Path]":
+    """The kiln binary and a new temporary directory for a test class (skipped without a binary)."""
+    binary = kiln_binary()
+    if not binary.is_file():
+        raise unittest.SkipTest(f"no kiln binary at {binary}: run `cargo build -p kiln` first")
+    cls.dir = tempfile.TemporaryDirectory()
+    return binary, pathlib.Path(cls.dir.name)
+
+
 class ClusterTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        binary = kiln_binary()
-        if not binary.is_file():
-            raise unittest.SkipTest(f"no kiln binary at {binary}: run `cargo build -p kiln` first")
-        cls.dir = tempfile.TemporaryDirectory()
-        root = pathlib.Path(cls.dir.name)
+        binary, root = fresh_dir(cls)
         ports = [(free_port(), free_port()) for _ in range(3)]
         cls.addresses = [f"http://127.0.0.1:{g}" for g, _ in ports]
         cls.processes = []
@@ -178,11 +183,7 @@ class TlsTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        binary = kiln_binary()
-        if not binary.is_file():
-            raise unittest.SkipTest(f"no kiln binary at {binary}: run `cargo build -p kiln` first")
-        cls.dir = tempfile.TemporaryDirectory()
-        root = pathlib.Path(cls.dir.name)
+        binary, root = fresh_dir(cls)
         cls.tls = root / "tls"
         subprocess.run([str(binary), "tls", "init", str(cls.tls), "--nodes", "1", "--workers", "0"], check=True,
                        capture_output=True)
