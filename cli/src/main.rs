@@ -29,7 +29,14 @@ kiln status --watch                watch it go"
 )]
 struct Cli {
     /// Scheduler address(es); any member works, the client follows the leader.
-    #[arg(long, global = true, env = "KILN_SCHEDULER", value_delimiter = ',', default_value = "http://127.0.0.1:7450")]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_SCHEDULER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7450",
+        help_heading = "Connection"
+    )]
     scheduler: Vec<String>,
 
     /// Output format of every command's result, and of its error (a JSON object on stderr).

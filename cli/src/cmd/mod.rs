@@ -54,20 +54,26 @@ impl Context {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TlsArgs {
     /// CA certificate (PEM) of a cluster that runs TLS; turns TLS on (addresses become https://).
-    #[arg(long, global = true, env = "KILN_CA", value_name = "PEM")]
+    #[arg(long, global = true, env = "KILN_CA", value_name = "PEM", help_heading = "Connection")]
     pub ca: Option<std::path::PathBuf>,
     /// Client certificate (PEM) from `kiln tls init`: its role (admin, submit, worker) decides what
     /// you may do.
-    #[arg(long, global = true, env = "KILN_CERT", value_name = "PEM", requires = "key")]
+    #[arg(long, global = true, env = "KILN_CERT", value_name = "PEM", requires = "key", help_heading = "Connection")]
     pub cert: Option<std::path::PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, global = true, env = "KILN_KEY", value_name = "PEM", requires = "cert")]
+    #[arg(long, global = true, env = "KILN_KEY", value_name = "PEM", requires = "cert", help_heading = "Connection")]
     pub key: Option<std::path::PathBuf>,
     /// Bearer token instead of a certificate (over TLS only; `kiln tls token` makes one).
-    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true, help_heading = "Connection")]
     pub token: Option<String>,
     /// The name a scheduler's certificate must carry.
-    #[arg(long, global = true, env = "KILN_SERVER_NAME", default_value = kiln_config::SCHEDULER_SERVER_NAME)]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_SERVER_NAME",
+        default_value = kiln_config::SCHEDULER_SERVER_NAME,
+        help_heading = "Connection"
+    )]
     pub server_name: String,
 }
 
