@@ -120,9 +120,10 @@ fn a_worker_killed_mid_render_loses_nothing() {
     wait_for("worker-1 to hold leases", Duration::from_secs(30), || !leased_to(&c, "worker-1").is_empty());
     c.kill("worker-1");
     let before = c.finished().unwrap_or(0);
-    c.wait_finished(before + 20, Duration::from_secs(120));
-    // Enough work that the other worker cannot finish it all before worker-1 is back.
+    // Enough work that the other worker goes on alone, and cannot finish it all before worker-1
+    // is back. Submitted now: 300 short tasks can all be done by the time the kill lands.
     c.submit("d-more", 400);
+    c.wait_finished(before + 20, Duration::from_secs(120));
     c.start("worker-1");
     wait_for("worker-1's first lease after its restart", Duration::from_secs(60), || {
         c.service_logs("worker-1").matches("first lease").count() >= 2
