@@ -52,6 +52,10 @@ pub enum ProposeError {
     /// The node is shutting down or has failed.
     #[error("the scheduler node has stopped")]
     Stopped,
+    /// A leader elected a moment ago has not committed an entry of its term yet, and until it
+    /// has, raft-rs cannot confirm a fresh read (it drops the ReadIndex without a word). Retry.
+    #[error("the leader was just elected and cannot serve a fresh read yet; retry shortly")]
+    LeaderNotReady,
 }
 
 fn leader_hint(addr: &Option<String>) -> String {
@@ -540,6 +544,11 @@ impl Node {
             Request::FreshRead(f) => {
                 if self.role != StateRole::Leader {
                     f(Err(self.not_leader()));
+                    return;
+                }
+                // raft-rs would drop this ReadIndex silently, and the read would wait forever.
+                if !self.raw.raft.commit_to_current_term() {
+                    f(Err(ProposeError::LeaderNotReady));
                     return;
                 }
                 let seq = self.next_seq;

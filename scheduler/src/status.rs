@@ -23,6 +23,7 @@ pub fn from_propose(e: ProposeError) -> Status {
         }
         ProposeError::Unknown => Status::new(Code::Unavailable, e.to_string()),
         ProposeError::Stopped => Status::new(Code::Unavailable, e.to_string()),
+        ProposeError::LeaderNotReady => Status::new(Code::Unavailable, e.to_string()),
     }
 }
 
