@@ -677,3 +677,36 @@ fn a_node_that_cannot_decode_a_committed_entry_halts() {
         assert!(*node.ledger() == before, "{what}: the ledger changed");
     }
 }
+
+/// raft-rs drops a ReadIndex that reaches a leader before it has committed an entry of its term.
+/// A fresh read in that window is answered at once (retry), instead of waiting forever; once the
+/// leader's first entry commits, fresh reads are served.
+#[test]
+fn a_fresh_read_at_a_leader_just_elected_is_refused_not_lost() {
+    let mut sim = Sim::new(7);
+    sim.drop_p = 0.0;
+    let mut rounds = 0;
+    while sim.leader().is_none() {
+        sim.step(false, false);
+        rounds += 1;
+        assert!(rounds < 500, "no leader elected");
+    }
+    let leader = sim.leader().unwrap_or_default();
+    let answer = |sim: &mut Sim| {
+        let seen: Arc<Mutex<Option<Result<u64, ProposeError>>>> = Arc::default();
+        let out = seen.clone();
+        let read: crate::node::FreshReadFn = Box::new(move |r| {
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.map(|(_, status)| status.id));
+        });
+        sim.nodes[(leader - 1) as usize].inbox.push(Request::FreshRead(read));
+        // Long enough for a ReadIndex round trip to the followers.
+        for _ in 0..20 {
+            sim.step(false, false);
+        }
+        let answer = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+        answer
+    };
+    // Elected this round: its empty entry cannot have reached a quorum yet.
+    assert!(matches!(answer(&mut sim), Some(Err(ProposeError::LeaderNotReady))), "the read was lost or served early");
+    assert!(matches!(answer(&mut sim), Some(Ok(id)) if id == leader), "once committed, fresh reads are served");
+}
