@@ -160,11 +160,7 @@ fn tls_init(args: &ClusterArgs, dir: &std::path::Path, workers: u32) -> anyhow::
         return Ok(None);
     }
     let tls = dir.join("tls");
-    let out = std::process::Command::new(kiln_binary(args)?)
-        .args(["tls", "init", &tls.display().to_string(), "--nodes", &args.cluster.to_string()])
-        .args(["--workers", &workers.to_string()])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "kiln tls init: {}", String::from_utf8_lossy(&out.stderr));
+    kiln_testkit::tls_init(&kiln_binary(args)?, &tls, args.cluster, workers);
     Ok(Some(tls))
 }
 
@@ -186,15 +182,7 @@ fn spawn_cluster(
     for (i, (grpc, http)) in ports.iter().enumerate() {
         let id = i as u64 + 1;
         let config = dir.join(format!("node-{id}.toml"));
-        let tls_section = tls.map_or(String::new(), |t| {
-            let file = |name: String| format!("{:?}", t.join(name).display().to_string());
-            format!(
-                "[scheduler.tls]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
-                file("ca.pem".into()),
-                file(format!("node-{id}.pem")),
-                file(format!("node-{id}-key.pem"))
-            )
-        });
+        let tls_section = tls.map_or(String::new(), |t| kiln_testkit::scheduler_tls_toml(t, id));
         let toml = format!(
             "[scheduler]\nnode_id = {id}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
              raft_tick = \"{}ms\"\nsnapshot_every = {}\nmax_live_tasks = {max_live}\n{}{tls_section}{peers}",

@@ -29,20 +29,18 @@ pub enum TlsError {
     TokenWithoutTls,
 }
 
+/// Reads a PEM file that must hold a block whose label ends with `expected` (`CERTIFICATE`;
+/// `PRIVATE KEY` also matches `EC PRIVATE KEY` and `RSA PRIVATE KEY`).
 fn read_pem(what: &'static str, path: &Path, expected: &'static str) -> Result<Vec<u8>, TlsError> {
     let bytes = std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_owned(), source })?;
-    if !String::from_utf8_lossy(&bytes).contains(&format!("-----BEGIN {expected}")) {
+    if !String::from_utf8_lossy(&bytes).contains(&format!("{expected}-----")) {
         return Err(TlsError::NotPem { what, path: path.to_owned(), expected });
     }
     Ok(bytes)
 }
 
 fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read { what: "key", path: path.to_owned(), source })?;
-    if !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") {
-        return Err(TlsError::NotPem { what: "key", path: path.to_owned(), expected: "PRIVATE KEY" });
-    }
-    Ok(bytes)
+    read_pem("key", path, "PRIVATE KEY")
 }
 
 /// The files of one TLS identity: the CA that signs the cluster, and this process's certificate

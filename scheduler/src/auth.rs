@@ -101,7 +101,13 @@ pub struct Authorizer {
     tls: bool,
     /// Hex SHA-256 of a token → who holds it.
     tokens: HashMap<String, (String, Role)>,
+    /// Identities already read, by certificate: every call of a connection shows the same one,
+    /// and parsing X.509 per call would cost more than the call. Emptied when it reaches
+    /// [`MAX_KNOWN_CERTS`] (a fleet has a few hundred certificates).
+    known: std::sync::Mutex<HashMap<Vec<u8>, Option<CertIdentity>>>,
 }
+
+const MAX_KNOWN_CERTS: usize = 4096;
 
 impl Authorizer {
     pub fn open() -> Self {
@@ -110,16 +116,30 @@ impl Authorizer {
 
     pub fn tls(tokens: &[TokenOptions]) -> Self {
         let tokens = tokens.iter().map(|t| (t.sha256.to_ascii_lowercase(), (t.name.clone(), t.role))).collect();
-        Self { tls: true, tokens }
+        Self { tls: true, tokens, known: Default::default() }
+    }
+
+    fn identity_of(&self, leaf: &[u8]) -> Option<CertIdentity> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(identity) = known.get(leaf) {
+            return identity.clone();
+        }
+        let identity = identity_of(leaf);
+        if known.len() >= MAX_KNOWN_CERTS {
+            known.clear();
+        }
+        known.insert(leaf.to_vec(), identity.clone());
+        identity
     }
 
     /// The caller of one request, or why it is refused.
-    pub fn admit(&self, path: &str, headers: &http::HeaderMap, certs: Option<&[Vec<u8>]>) -> Result<Caller, Status> {
+    /// `leaf`: the DER of the client certificate the TLS handshake verified, if one was shown.
+    pub fn admit(&self, path: &str, headers: &http::HeaderMap, leaf: Option<&[u8]>) -> Result<Caller, Status> {
         if !self.tls {
             return Ok(Caller::Open);
         }
-        let caller = match certs.and_then(|c| c.first()) {
-            Some(leaf) => Caller::Cert(identity_of(leaf).ok_or_else(|| {
+        let caller = match leaf {
+            Some(leaf) => Caller::Cert(self.identity_of(leaf).ok_or_else(|| {
                 Status::permission_denied(
                     "the client certificate carries no Kiln identity (a SAN URI spiffe://kiln/<role>/<name>, \
                      as `kiln tls init` writes)",
@@ -204,12 +224,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let certs = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs())
-            .map(|certs| certs.iter().map(|c| c.to_vec()).collect::<Vec<_>>());
-        match self.auth.admit(request.uri().path(), request.headers(), certs.as_deref()) {
+        let certs = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs());
+        let leaf = certs.as_ref().and_then(|chain| chain.first()).map(|c| c.as_ref());
+        match self.auth.admit(request.uri().path(), request.headers(), leaf) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 futures::future::Either::Right(self.inner.call(request))

@@ -20,6 +20,27 @@ pub const FAST_FAILOVER: &[(&str, &str)] = &[
     ("retry_backoff_base", "\"200ms\""),
 ];
 
+/// Runs `kiln tls init DIR --nodes N --workers M`: a CA and certificates for nodes `node-1…`,
+/// workers `worker-1…` and an `admin`, in `dir`.
+pub fn tls_init(binary: &Path, dir: &Path, nodes: u64, workers: u32) {
+    let out = crate::run(
+        binary,
+        &["tls", "init", &dir.display().to_string(), "--nodes", &nodes.to_string(), "--workers", &workers.to_string()],
+    );
+    assert!(out.status.success(), "kiln tls init: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The `[scheduler.tls]` section of node `id`, for the certificates `tls_init` wrote into `dir`.
+pub fn scheduler_tls_toml(dir: &Path, id: u64) -> String {
+    let file = |name: String| format!("{:?}", dir.join(name).display().to_string());
+    format!(
+        "[scheduler.tls]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
+        file("ca.pem".into()),
+        file(format!("node-{id}.pem")),
+        file(format!("node-{id}-key.pem"))
+    )
+}
+
 /// One scheduler node: its Raft id, address, config file and process.
 pub struct Node {
     pub id: u64,
@@ -86,11 +107,7 @@ impl TestCluster {
             s.push_str(&format!("{k} = {v}\n"));
         }
         if let Some(tls) = tls {
-            let file = |name: String| format!("{:?}", tls.join(name).display().to_string());
-            s.push_str("[scheduler.tls]\n");
-            s.push_str(&format!("ca_file = {}\n", file("ca.pem".into())));
-            s.push_str(&format!("cert_file = {}\n", file(format!("node-{id}.pem"))));
-            s.push_str(&format!("key_file = {}\n", file(format!("node-{id}-key.pem"))));
+            s.push_str(&scheduler_tls_toml(tls, id));
         }
         for (pid, address) in peers {
             s.push_str(&format!("[[scheduler.peers]]\nid = {pid}\naddress = \"{address}\"\n"));
@@ -114,11 +131,7 @@ impl TestCluster {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let tls = tls.then(|| {
             let tls = dir.path().join("tls");
-            let out = crate::run(
-                binary,
-                &["tls", "init", &tls.display().to_string(), "--nodes", &n.to_string(), "--workers", "2"],
-            );
-            assert!(out.status.success(), "kiln tls init: {}", String::from_utf8_lossy(&out.stderr));
+            tls_init(binary, &tls, n, 2);
             tls
         });
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -13,7 +13,7 @@ mod process;
 pub mod wan;
 mod wav;
 
-pub use cluster::{Node, TestCluster, FAST_FAILOVER};
+pub use cluster::{scheduler_tls_toml, tls_init, Node, TestCluster, FAST_FAILOVER};
 pub use hex::{hex_bytes, hex_fixtures};
 pub use process::{free_port, run, wait_for, wait_for_or_explain, KilnProcess};
 pub use wav::{write_sine_wav, write_wav};
