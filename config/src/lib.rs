@@ -7,11 +7,13 @@
 //! Every default works on one machine, so `kiln scheduler` and `kiln worker` start with no file at
 //! all. Durations are written the human way (`"30s"`, `"5m"`). Examples live in `config/examples/`.
 
+mod batches;
 mod layers;
 mod scheduler;
 mod tls;
 mod worker;
 
+pub use batches::BatchOptions;
 pub use layers::{load, parse, Error};
 pub use scheduler::{PeerOptions, SchedulerOptions};
 pub use tls::{CertIdentity, Role, TlsOptions, TokenOptions, SCHEDULER_SERVER_NAME};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, TlsOptions, TokenOptions};
+use crate::{BatchOptions, Error, TlsOptions, TokenOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +87,8 @@ pub struct SchedulerOptions {
     pub insecure: bool,
     /// Bearer tokens accepted besides certificates (over TLS only), stored as SHA-256.
     pub tokens: Vec<TokenOptions>,
+    /// Catalog batches: default window, admission size, webhooks.
+    pub batches: BatchOptions,
 }
 
 impl Default for SchedulerOptions {
@@ -117,6 +119,7 @@ impl Default for SchedulerOptions {
             tls: None,
             insecure: false,
             tokens: Vec::new(),
+            batches: BatchOptions::default(),
         }
     }
 }
@@ -175,6 +178,9 @@ impl SchedulerOptions {
         }
         if self.election_ticks < 3 {
             return bad("election_ticks must be at least 3".into());
+        }
+        if self.batches.window == 0 || self.batches.lines_per_admission == 0 {
+            return bad("batches.window and batches.lines_per_admission must be positive".into());
         }
         if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
             return bad(format!(

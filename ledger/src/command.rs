@@ -4,6 +4,7 @@ use kiln_types::{EncodeJob, QueueName, RequestId, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::batches::{BadLine, BatchAction, BatchSpec, Cursor};
 use crate::task::TaskResult;
 
 /// A worker as it introduces itself on its session.
@@ -126,6 +127,34 @@ pub enum Command {
         worker: WorkerId,
         session: u64,
     },
+    // Log format 3 (feature `batches`, see `crate::batches`).
+    /// Create a batch ([`Outcome::BatchCreated`]); idempotent per `spec.request_id`.
+    CreateBatch {
+        spec: BatchSpec,
+    },
+    /// Admit the next lines of a running batch's source: `jobs` (each with its line number) and
+    /// the `bad_lines` between `from` and `to`. Applied only if `from` is the batch's committed
+    /// cursor, so lines are admitted exactly once across leader changes; the cursor moves to
+    /// `to`. `end`: the source has no more lines. `source_bytes`: its size, for progress.
+    AdmitBatch {
+        batch: u64,
+        from: Cursor,
+        to: Cursor,
+        jobs: Vec<(u64, EncodeJob)>,
+        bad_lines: Vec<BadLine>,
+        end: bool,
+        source_bytes: u64,
+    },
+    /// Pause, resume or cancel a batch. Cancel also cancels the batch's tasks not yet leased.
+    BatchControl {
+        batch: u64,
+        action: BatchAction,
+    },
+    /// The notification of the batch's `event`-th final state was delivered (or given up on).
+    BatchNotified {
+        batch: u64,
+        event: u32,
+    },
 }
 
 /// One lease, as a report names it: the task, the lease's sequence number and its holder. A
@@ -156,6 +185,16 @@ pub enum Rejection {
     UnknownFeature(String),
     #[error("{command} needs feature `{feature}`, which is not enabled")]
     FeatureDisabled { feature: String, command: String },
+    #[error("no batch {0}")]
+    UnknownBatch(u64),
+    #[error("batch {batch} is {state}")]
+    BatchNotRunning { batch: u64, state: String },
+    #[error("batch {batch} has read to {committed}, not {proposed}: these lines were already admitted")]
+    StaleCursor { batch: u64, committed: Cursor, proposed: Cursor },
+    #[error("batch {batch} holds {live} live tasks of a window of {window}; {more} more do not fit")]
+    BatchWindowFull { batch: u64, live: u64, window: u64, more: u64 },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +231,11 @@ pub enum Outcome {
     /// OpenSession: the identity the worker's close must quote.
     SessionOpened {
         session: u64,
+    },
+    /// CreateBatch: the batch, and false when the request id named an existing one.
+    BatchCreated {
+        batch: u64,
+        created: bool,
     },
 }
 

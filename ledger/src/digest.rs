@@ -104,6 +104,7 @@ const TASK_SEED: u64 = 1;
 const WORKER_SEED: u64 = 2;
 const HEADER_SEED: u64 = 3;
 const FEATURES_SEED: u64 = 4;
+const BATCHES_SEED: u64 = 5;
 
 /// Wrapping sums of the hashes of every task and every worker record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -163,10 +164,14 @@ impl Ledger {
         // a ledger that enabled nothing digests as on a release without flags and compares equal
         // to it during a rolling upgrade. Hashed when asked: a handful of names and one session
         // per worker, not worth keeping incrementally.
-        if self.features.is_empty() {
+        let digest = if self.features.is_empty() { digest } else { hash_of(FEATURES_SEED, &(digest, &self.features)) };
+        // Batches: their records (a few hundred bytes each) when asked, their memberships (up to
+        // a window per batch) through the sum kept as they change.
+        if self.batches.is_empty() {
             digest
         } else {
-            hash_of(FEATURES_SEED, &(digest, &self.features))
+            let b = &self.batches;
+            hash_of(BATCHES_SEED, &(digest, &b.records, b.last_id, b.members.len() as u64, b.members_sum))
         }
     }
 

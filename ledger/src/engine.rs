@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kiln_types::{QueueName, TaskId, WorkerId};
 
+use crate::batches::Batches;
 use crate::command::{Applied, Command, Effect};
 use crate::config::LedgerConfig;
 use crate::features::Features;
@@ -43,7 +44,12 @@ pub struct Ledger {
     /// Enabled feature flags and the state of gated features (see `features`). Part of the record:
     /// snapshots carry it (format 2) as soon as anything is enabled.
     pub(crate) features: Features,
+    /// `batches`: every batch and which of them each batch task belongs to. Snapshot format 3.
+    pub(crate) batches: Batches,
     pub(crate) ix: Indexes,
+    /// Batch tasks that finished during the command being applied, dropped at its end. Always
+    /// empty between commands.
+    pub(crate) folding: Vec<TaskId>,
 }
 
 /// One command's context: the leader's time and the effects the shell must carry out.
@@ -128,7 +134,14 @@ impl Ledger {
             Command::EnableFeature { name } => self.features.enable(&name),
             Command::OpenSession { spec } => self.open_session(spec, s),
             Command::CloseSession { worker, session } => self.close_session(&worker, session, s),
+            Command::CreateBatch { spec } => self.create_batch(spec, now),
+            Command::AdmitBatch { batch, from, to, jobs, bad_lines, end, source_bytes } => {
+                self.admit_batch(batch, (from, to), jobs, bad_lines, end, source_bytes, s)
+            }
+            Command::BatchControl { batch, action } => self.control_batch(batch, action, s),
+            Command::BatchNotified { batch, event } => self.batch_notified(batch, event),
         };
+        self.fold_finished();
         Applied { outcome, effects: step.effects }
     }
 
@@ -202,13 +215,18 @@ impl Ledger {
     }
 
     pub(crate) fn finish(&mut self, id: TaskId, state: TaskState, now: Millis) {
-        self.transition(id, |t| {
+        let was_live = self.transition(id, |t| {
+            let was_live = !t.state.is_terminal();
             t.state = state;
             t.lease_expires_at = None;
             t.stolen_from = None;
             t.ready_at = 0;
             t.updated_at = now;
+            was_live
         });
+        if was_live == Some(true) {
+            self.batch_task_finished(id, state, now);
+        }
     }
 
     pub(crate) fn count_rate(&mut self, now: Millis, completions: u64, failures: u64) {
@@ -256,6 +274,7 @@ impl Ledger {
         }) else {
             return;
         };
+        self.batch_task_failed(id);
         let (kind, worker, permanent, retry_now) = match failure {
             Failure::Reported { worker, permanent } => (EventKind::Failed, Some(worker), permanent, false),
             // Heartbeats stopped: retry at once, the lease TTL has already waited long enough.

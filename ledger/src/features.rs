@@ -42,15 +42,18 @@ use crate::command::{Command, Outcome, Rejection};
 
 /// The log format of the first release: every command up to `Backup`.
 pub const BASE_FORMAT: u32 = 1;
-/// The newest log format this build reads and writes: adds `EnableFeature` and the commands of
-/// the features below.
-pub const FORMAT: u32 = 2;
+/// The newest log format this build reads and writes: format 2 added `EnableFeature` and the
+/// session commands, format 3 the batch commands (and the snapshot section that holds batches).
+pub const FORMAT: u32 = 3;
 
 /// Name of the feature that fences worker sessions (`OpenSession` / `CloseSession`).
 pub const FENCED_SESSIONS: &str = "fenced_sessions";
 
 /// Name of the feature under which garbage collection also forgets workers that are gone.
 pub const FORGET_GONE_WORKERS: &str = "forget_gone_workers";
+
+/// Name of the feature that adds catalog batches (`crate::batches`).
+pub const BATCHES: &str = "batches";
 
 /// One entry of the registry of known features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,13 @@ pub const FEATURES: &[FeatureSpec] = &[
         // No new command: `CollectGarbage` does more, which every replica must agree to first.
         commands: &[],
     },
+    FeatureSpec {
+        name: BATCHES,
+        description: "catalog batches: a manifest admitted a window at a time as the leader reads it, with a \
+                      replicated cursor, counters, pause/resume/cancel and notifications",
+        min_format: 3,
+        commands: &["CreateBatch", "AdmitBatch", "BatchControl", "BatchNotified"],
+    },
 ];
 
 /// The registry entry of `name`.
@@ -112,6 +122,10 @@ pub fn command_name(cmd: &Command) -> &'static str {
         Command::EnableFeature { .. } => "EnableFeature",
         Command::OpenSession { .. } => "OpenSession",
         Command::CloseSession { .. } => "CloseSession",
+        Command::CreateBatch { .. } => "CreateBatch",
+        Command::AdmitBatch { .. } => "AdmitBatch",
+        Command::BatchControl { .. } => "BatchControl",
+        Command::BatchNotified { .. } => "BatchNotified",
     }
 }
 
@@ -121,6 +135,10 @@ pub fn requirement(cmd: &Command) -> (u32, Option<&'static str>) {
     match cmd {
         Command::EnableFeature { .. } => (2, None),
         Command::OpenSession { .. } | Command::CloseSession { .. } => (2, Some(FENCED_SESSIONS)),
+        Command::CreateBatch { .. }
+        | Command::AdmitBatch { .. }
+        | Command::BatchControl { .. }
+        | Command::BatchNotified { .. } => (3, Some(BATCHES)),
         _ => (BASE_FORMAT, None),
     }
 }

@@ -94,5 +94,45 @@ pub(crate) fn check(ledger: &Ledger) -> Result<(), String> {
             return Err(format!("worker {id} shows {} leases but holds none", record.leased));
         }
     }
+    check_batches(ledger)
+}
+
+/// Batches agree with their tasks: each member is in the ledger and not yet folded, each batch's
+/// live count is its members still queued or leased, and no window is overrun.
+fn check_batches(ledger: &Ledger) -> Result<(), String> {
+    let batches = &ledger.batches;
+    let mut live = std::collections::BTreeMap::<u64, u64>::new();
+    for (task, batch) in &batches.members {
+        let Some(t) = ledger.tasks.get(task) else {
+            return Err(format!("task {task} of batch {batch} is gone but still a member"));
+        };
+        if matches!(t.state, TaskState::Succeeded | TaskState::Cancelled) {
+            return Err(format!("task {task} of batch {batch} is {} but was not folded", t.state));
+        }
+        if !batches.records.contains_key(batch) {
+            return Err(format!("task {task} belongs to batch {batch}, which does not exist"));
+        }
+        if !t.state.is_terminal() {
+            *live.entry(*batch).or_default() += 1;
+        }
+    }
+    for (id, b) in &batches.records {
+        let members = live.get(id).copied().unwrap_or(0);
+        if b.live != members {
+            return Err(format!("batch {id} counts {} live tasks but holds {members}", b.live));
+        }
+        let c = b.counts;
+        if c.succeeded + c.dead_lettered + c.cancelled + b.live > c.admitted {
+            return Err(format!("batch {id} finished more tasks than it admitted: {c:?}, {} live", b.live));
+        }
+        if b.notified > b.events {
+            return Err(format!("batch {id} notified {} of {} events", b.notified, b.events));
+        }
+    }
+    let mut rebuilt = batches.clone();
+    rebuilt.rebuild_sum();
+    if rebuilt.members_sum != batches.members_sum {
+        return Err("the batch membership sum behind the digest drifted".into());
+    }
     Ok(())
 }

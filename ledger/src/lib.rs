@@ -34,8 +34,11 @@
 //!   command tag table (described in `docs/formats.md`).
 //! - [`features`]: feature flags for rolling upgrades: the registry, what a build supports, and
 //!   the enabled flags the ledger replicates.
+//! - [`batches`]: catalog batches: a manifest admitted a window at a time behind a replicated
+//!   cursor, its counters and its final events.
 //! - `invariants`: checks that must hold after every command (used by tests and debug builds).
 
+pub mod batches;
 pub mod codec;
 pub mod command;
 mod config;

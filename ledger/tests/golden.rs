@@ -11,8 +11,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use kiln_ledger::batches::{BadLine, BadLinePolicy, BatchAction, BatchSpec, BatchState, Cursor, SourceFormat};
 use kiln_ledger::codec::{self, Batch, COMMAND_TAGS, FORMAT_VERSION};
-use kiln_ledger::features::FENCED_SESSIONS;
+use kiln_ledger::features::{BATCHES, FENCED_SESSIONS};
 use kiln_ledger::{
     Command, DeadLetterFilter, Ledger, LedgerConfig, Outcome, OutputFile, TaskResult, TaskState, WorkerSpec,
 };
@@ -127,7 +128,36 @@ fn commands() -> Vec<(&'static str, Command)> {
         ("enable-feature", Command::EnableFeature { name: FENCED_SESSIONS.into() }),
         ("open-session", Command::OpenSession { spec: spec("render-01") }),
         ("close-session", Command::CloseSession { worker: w.clone(), session: 3 }),
+        ("create-batch", Command::CreateBatch { spec: batch_spec(BadLinePolicy::Skip) }),
+        (
+            "admit-batch",
+            Command::AdmitBatch {
+                batch: 1,
+                from: Cursor { line: 2, offset: 310 },
+                to: Cursor { line: 5, offset: 777 },
+                jobs: vec![(3, job(3, "default", 0)), (5, job(5, "default", 0))],
+                bad_lines: vec![BadLine { line: 4, reason: "missing field `asset_guid`".into() }],
+                end: false,
+                source_bytes: 4_096,
+            },
+        ),
+        ("batch-control", Command::BatchControl { batch: 1, action: BatchAction::Cancel }),
+        ("batch-notified", Command::BatchNotified { batch: 1, event: 1 }),
     ]
+}
+
+fn batch_spec(on_bad_line: BadLinePolicy) -> BatchSpec {
+    BatchSpec {
+        name: "catalog-2026".into(),
+        source: "s3://masters/manifests/catalog.jsonl".into(),
+        format: SourceFormat::Jsonl,
+        queue: "backfill".into(),
+        priority: -10,
+        window: 50_000,
+        on_bad_line,
+        webhook: Some("https://hooks.example.com/kiln".into()),
+        request_id: "batch-7f3a".into(),
+    }
 }
 
 /// A small ledger with a task in every state, two workers (one gone), and dead letters.
@@ -272,6 +302,56 @@ fn a_snapshot_with_enabled_features_is_format_2_and_encodes_to_its_golden_bytes_
     assert_eq!(decoded.ledger.features().session_of(&wid("render-02")), Some(1));
     assert_eq!(decoded.ledger.features().session_of(&wid("render-03")), None);
     assert!(decoded.ledger == ledger, "the fixture decodes to the same ledger");
+}
+
+/// The fixture ledger with `batches` enabled: one batch that admitted three lines (one succeeded
+/// and was folded, one dead-lettered, one live), skipped a bad line and is paused.
+fn ledger_with_batches() -> Ledger {
+    let mut l = ledger_with_features();
+    let mut apply =
+        |cmd: Command| l.apply(cmd, NOW + 120_000).outcome.unwrap_or_else(|e| panic!("fixture command refused: {e}"));
+    apply(Command::EnableFeature { name: BATCHES.into() });
+    apply(Command::CreateBatch { spec: batch_spec(BadLinePolicy::Skip) });
+    apply(Command::AdmitBatch {
+        batch: 1,
+        from: Cursor::default(),
+        to: Cursor { line: 4, offset: 600 },
+        jobs: vec![(1, job(101, "default", 9)), (2, job(102, "default", 9)), (4, job(104, "default", 9))],
+        bad_lines: vec![BadLine { line: 3, reason: "not JSON".into() }],
+        end: false,
+        source_bytes: 1_200,
+    });
+    let leases = match apply(Command::Lease { worker: wid("render-01"), max: 10 }) {
+        Outcome::Leased(leases) => leases,
+        other => panic!("no leases: {other:?}"),
+    };
+    let w = wid("render-01");
+    let of = |n: i64| leases.iter().find(|x| x.job.asset_id == 9_000 + n).expect("leased");
+    let (a, b) = (of(101), of(102));
+    apply(Command::Complete { task: a.task, lease_seq: a.lease_seq, worker: w.clone(), result: result() });
+    let error = "decode: not audio".to_owned();
+    apply(Command::Fail { task: b.task, lease_seq: b.lease_seq, worker: w, error, permanent: true });
+    apply(Command::BatchControl { batch: 1, action: BatchAction::Pause });
+    l
+}
+
+#[test]
+fn a_snapshot_with_batches_is_format_3_and_encodes_to_its_golden_bytes_and_back() {
+    let ledger = ledger_with_batches();
+    ledger.check_invariants().expect("invariants");
+    let batch = ledger.batches().get(1).expect("batch 1");
+    assert_eq!((batch.counts.admitted, batch.counts.succeeded, batch.counts.dead_lettered), (3, 1, 1));
+    assert_eq!((batch.live, batch.counts.bad_lines), (1, 1));
+    let members = vec![(1, "10.0.0.1:7400".to_owned())];
+    let encoded = codec::encode_snapshot(FORMAT_VERSION, &members, &ledger).expect("encodes");
+    assert_eq!(codec::version_of(&encoded), Some((codec::Kind::Snapshot, 3)), "format 2 cannot hold batches");
+    let expected = golden(3, "snapshot", &encoded);
+    assert!(encoded == expected, "the format 3 snapshot encoding changed: that is a format change");
+    let decoded = codec::decode_snapshot(&expected).expect("the fixture decodes");
+    assert!(decoded.ledger == ledger, "the fixture decodes to the same ledger");
+    decoded.ledger.check_invariants().expect("invariants after a load");
+    assert_eq!(decoded.ledger.digest(), ledger.digest(), "the digest survives a snapshot");
+    assert_eq!(decoded.ledger.batches().get(1).map(|b| b.state), Some(BatchState::Paused));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //!  log entry:  "KLNE" │ version u16 LE │ body(version)      body v1: origin, now, n, n × (seq, tag, fields)
 //!  snapshot:   "KLNS" │ version u16 LE │ body(version)      body v1: members, ledger record
 //!                                                            body v2: members, ledger record, features
+//!                                                            body v3: … features, batches
 //! ```
 //!
 //! - Each command is written as its explicit wire tag (the table in `tags`, see [`COMMAND_TAGS`])
@@ -40,6 +41,10 @@
 //! version 1: the commands format 2 added are new wire tags (18–20), which an older build refuses
 //! as [`Error::UnknownCommand`] and halts on.
 //!
+//! Format 3 (catalog batches, `crate::batches`) likewise changes snapshots only: it appends the
+//! batches after the features, and is written exactly when the `batches` feature is enabled. Its
+//! commands are wire tags 21–24.
+//!
 //! ```
 //! use kiln_ledger::codec::{self, Batch, FORMAT_VERSION};
 //! use kiln_ledger::Command;
@@ -54,6 +59,7 @@ mod tags;
 mod v0;
 mod v1;
 mod v2;
+mod v3;
 
 use std::fmt;
 
@@ -72,7 +78,7 @@ pub const WRITABLE_VERSIONS: &[u16] = &[1];
 /// Log entry formats this build can read (0: the headerless bytes of the release before).
 pub const READABLE_VERSIONS: &[u16] = &[0, 1];
 /// Snapshot formats this build writes (2: with the enabled feature flags); it reads these and 0.
-pub const SNAPSHOT_VERSIONS: &[u16] = &[1, 2];
+pub const SNAPSHOT_VERSIONS: &[u16] = &[1, 2, 3];
 
 const ENTRY_MAGIC: [u8; 4] = *b"KLNE";
 const SNAPSHOT_MAGIC: [u8; 4] = *b"KLNS";
@@ -167,6 +173,7 @@ pub fn encode_snapshot(version: u16, members: &[(u64, String)], ledger: &Ledger)
     let size = match version {
         1 => v1::snapshot_size(members, ledger),
         2 => v2::snapshot_size(members, ledger),
+        3 => v3::snapshot_size(members, ledger),
         _ => return Err(Error::CannotWrite { version }),
     }
     .map_err(malformed)?;
@@ -174,16 +181,20 @@ pub fn encode_snapshot(version: u16, members: &[(u64, String)], ledger: &Ledger)
     out.extend_from_slice(&header(SNAPSHOT_MAGIC, SNAPSHOT_VERSIONS, version)?);
     match version {
         1 => v1::encode_snapshot(members, ledger, &mut out),
-        _ => v2::encode_snapshot(members, ledger, &mut out),
+        2 => v2::encode_snapshot(members, ledger, &mut out),
+        _ => v3::encode_snapshot(members, ledger, &mut out),
     }
     .map_err(malformed)?;
     Ok(out)
 }
 
 /// The format a snapshot of `ledger` is written in when `requested` is asked for: at least 2 once
-/// a feature is enabled (every member reads format 2 by then, or it could not have been).
+/// a feature is enabled (every member reads format 2 by then, or it could not have been), and 3
+/// once `batches` is (every member reads format 3).
 pub fn snapshot_version(requested: u16, ledger: &Ledger) -> u16 {
-    if ledger.features.is_empty() {
+    if ledger.features.is_enabled(crate::features::BATCHES) {
+        requested.max(3)
+    } else if ledger.features.is_empty() {
         requested
     } else {
         requested.max(2)
@@ -199,6 +210,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
     let (snapshot, rest) = match version {
         1 => v1::decode_snapshot(body)?,
         2 => v2::decode_snapshot(body)?,
+        3 => v3::decode_snapshot(body)?,
         _ => return Err(Error::UnknownVersion { kind: Kind::Snapshot, version }),
     };
     no_trailing(Kind::Snapshot, version, rest)?;

@@ -87,6 +87,9 @@ fn from_record(r: Owned) -> Ledger {
         steals_total: r.steals_total,
         // Not in the record: format 1 has none, format 2 writes them after it (`v2`).
         features: Default::default(),
+        // Format 3 writes them after the features (`v3`).
+        batches: Default::default(),
         ix,
+        folding: Vec::new(),
     }
 }

@@ -12,6 +12,7 @@
 use kiln_types::{EncodeJob, TaskId, WorkerId};
 
 use super::Error;
+use crate::batches::{BadLine, BatchAction, BatchSpec, Cursor};
 use crate::command::{Command, DeadLetterFilter, WorkerSpec};
 use crate::task::TaskResult;
 
@@ -79,4 +80,17 @@ wire_commands! {
     18 => EnableFeature { name: String },
     19 => OpenSession { spec: WorkerSpec },
     20 => CloseSession { worker: WorkerId, session: u64 },
+    // Format 3 (feature `batches`).
+    21 => CreateBatch { spec: BatchSpec },
+    22 => AdmitBatch {
+        batch: u64,
+        from: Cursor,
+        to: Cursor,
+        jobs: Vec<(u64, EncodeJob)>,
+        bad_lines: Vec<BadLine>,
+        end: bool,
+        source_bytes: u64
+    },
+    23 => BatchControl { batch: u64, action: BatchAction },
+    24 => BatchNotified { batch: u64, event: u32 },
 }

@@ -9,9 +9,11 @@
 //! | `expiry` | `ExpireLeases`, `GraceLeases` |
 //! | `terminal` | `Cancel`, `RequeueDeadLetters`, `PurgeDeadLetters`, `CollectGarbage` |
 //! | `workers` | `RegisterWorker`, `DisconnectWorker`, `DrainWorker`, `Renew`, `OpenSession`, `CloseSession` |
+//! | `batches` | `CreateBatch`, `AdmitBatch`, `BatchControl`, `BatchNotified`, and the batch hooks |
 //!
 //! `EnableFeature` is applied by `features` itself (the flags are its state).
 
+mod batches;
 mod expiry;
 mod leasing;
 mod reports;

@@ -65,6 +65,7 @@ impl Ledger {
                 queues.insert(t.job.queue.clone());
             });
             self.requeue_task(*id, 0, now);
+            self.batch_task_requeued(*id, now);
             self.record(*id, now, Note::new(EventKind::Requeued, None, "requeued from the dead letters"));
         }
         step.tasks_ready(queues);
@@ -72,7 +73,8 @@ impl Ledger {
     }
 
     /// Removes a terminal task, keeping its count in the totals.
-    fn drop_task(&mut self, id: TaskId) {
+    pub(crate) fn drop_task(&mut self, id: TaskId) {
+        self.batches.remove_member(id);
         if let Some(task) = self.tasks.remove(&id) {
             self.ix.remove(&task);
             self.ix.by_request.remove(&task.job.request_id);
