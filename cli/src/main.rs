@@ -74,6 +74,9 @@ enum Command {
     Worker(cmd::worker::Args),
     /// Submit one task from flags, or a manifest of many (JSONL or CSV).
     Submit(cmd::submit::Args),
+    /// A whole catalog manifest as one batch: admitted a window at a time, paused, resumed,
+    /// cancelled and followed as one thing, with a webhook when it ends.
+    Batch(cmd::batch::Args),
     /// Counts, rates and progress of the cluster.
     Status(cmd::status::Args),
     /// One task with its history.
@@ -185,6 +188,7 @@ fn main() -> std::process::ExitCode {
             Command::Tasks(a) => cmd::tasks::run(&ctx, a).await,
             Command::Cancel(a) => cmd::task::cancel(&ctx, a).await,
             Command::Dlq(a) => cmd::dlq::run(&ctx, a).await,
+            Command::Batch(a) => cmd::batch::run(&ctx, a).await,
             Command::Workers(a) => cmd::workers::run(&ctx, a).await,
             Command::Drain(a) => cmd::drain::run(&ctx, a).await,
             Command::Cluster(a) => cmd::cluster::run(&ctx, a).await,

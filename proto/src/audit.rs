@@ -36,6 +36,10 @@ pub struct AuditReport {
     pub completed_twice: u64,
     /// Expected request ids the ledger does not hold (only when the caller knows what it sent).
     pub lost: u64,
+    /// Catalog batches, and those whose counters do not add up (every admitted task must be
+    /// succeeded, dead-lettered, cancelled or live; a finished batch holds nothing live).
+    pub batches: u64,
+    pub batches_inconsistent: u64,
     pub members: Vec<MemberView>,
     /// Every member answered with the same applied index and ledger digest.
     pub replicas_agree: bool,
@@ -45,7 +49,12 @@ pub struct AuditReport {
 
 impl AuditReport {
     pub fn clean(&self) -> bool {
-        self.stuck == 0 && self.duplicated == 0 && self.completed_twice == 0 && self.lost == 0 && self.replicas_agree
+        self.stuck == 0
+            && self.duplicated == 0
+            && self.completed_twice == 0
+            && self.lost == 0
+            && self.batches_inconsistent == 0
+            && self.replicas_agree
     }
 }
 
@@ -105,6 +114,24 @@ pub async fn audit(
         for request_id in expected.iter().filter(|r| !seen.contains_key(*r)) {
             report.lost += 1;
             note(&mut report.examples, || format!("lost: request {request_id}"));
+        }
+    }
+    // A release without batches answers UNIMPLEMENTED: nothing to check there.
+    let batches = client.call(|mut s| async move { s.list_batches(v1::ListBatchesRequest {}).await }).await;
+    for b in batches.map(|r| r.batches).unwrap_or_default() {
+        report.batches += 1;
+        let accounted = b.succeeded + b.dead_lettered + b.cancelled + b.live;
+        let finished = matches!(b.state.as_str(), "done" | "cancelled" | "failed");
+        if accounted != b.admitted || (b.state == "done" && b.live > 0) {
+            report.batches_inconsistent += 1;
+            note(&mut report.examples, || {
+                format!(
+                    "batch {} ({}): {} admitted but {} succeeded + {} dead-lettered + {} cancelled + {} live",
+                    b.id, b.state, b.admitted, b.succeeded, b.dead_lettered, b.cancelled, b.live
+                )
+            });
+        } else if !finished || b.live > 0 {
+            note(&mut report.examples, || format!("batch {} is still {} ({} live)", b.id, b.state, b.live));
         }
     }
     let (members, agree) = settled_members(&mut client, settle).await?;

@@ -20,11 +20,28 @@ pub struct Api {
     hub: std::sync::Arc<crate::sessions::Hub>,
     /// What this node reports it can apply (rolling upgrades).
     support: kiln_ledger::Support,
+    /// Defaults for catalog batches.
+    batch_options: kiln_config::BatchOptions,
 }
 
 impl Api {
-    pub fn new(handle: Handle, hub: std::sync::Arc<crate::sessions::Hub>, support: kiln_ledger::Support) -> Self {
-        Self { handle, hub, support }
+    pub fn new(
+        handle: Handle,
+        hub: std::sync::Arc<crate::sessions::Hub>,
+        support: kiln_ledger::Support,
+        batch_options: kiln_config::BatchOptions,
+    ) -> Self {
+        Self { handle, hub, support, batch_options }
+    }
+
+    /// The batch as the leader has it now.
+    async fn batch(&self, id: u64) -> Result<v1::Batch, Status> {
+        let found = self
+            .handle
+            .read_fresh(move |l, _| l.batches().get(id).map(|b| crate::batches::api::to_pb(b, now_ms())))
+            .await
+            .map_err(from_propose)?;
+        found.ok_or_else(|| Status::not_found(format!("no batch {id}")))
     }
 
     async fn propose(&self, cmd: Command) -> Result<Outcome, Status> {
@@ -241,6 +258,56 @@ impl Scheduler for Api {
     ) -> Result<Response<v1::Feature>, Status> {
         let name = request.into_inner().name;
         Ok(Response::new(crate::upgrade::enable(&self.handle, &self.support, name.trim()).await?))
+    }
+
+    async fn submit_batch(&self, request: Request<v1::BatchSpec>) -> Result<Response<v1::Batch>, Status> {
+        let spec = crate::batches::api::spec_from_pb(request.into_inner(), &self.batch_options).await?;
+        let id = crate::batches::api::submit(&self.handle, &self.support, spec).await?;
+        Ok(Response::new(self.batch(id).await?))
+    }
+
+    async fn get_batch(&self, request: Request<v1::GetBatchRequest>) -> Result<Response<v1::Batch>, Status> {
+        Ok(Response::new(self.batch(request.into_inner().id).await?))
+    }
+
+    async fn list_batches(
+        &self,
+        _request: Request<v1::ListBatchesRequest>,
+    ) -> Result<Response<v1::ListBatchesResponse>, Status> {
+        let now = now_ms();
+        let batches = self
+            .handle
+            .read_fresh(move |l, _| l.batches().iter().map(|b| crate::batches::api::to_pb(b, now)).collect())
+            .await
+            .map_err(from_propose)?;
+        Ok(Response::new(v1::ListBatchesResponse { batches }))
+    }
+
+    async fn control_batch(&self, request: Request<v1::BatchControlRequest>) -> Result<Response<v1::Batch>, Status> {
+        let r = request.into_inner();
+        let action = crate::batches::api::action_from_pb(&r.action)?;
+        self.propose(Command::BatchControl { batch: r.id, action }).await?;
+        Ok(Response::new(self.batch(r.id).await?))
+    }
+
+    async fn requeue_batch(
+        &self,
+        request: Request<v1::GetBatchRequest>,
+    ) -> Result<Response<v1::CountResponse>, Status> {
+        let id = request.into_inner().id;
+        let filter = self
+            .handle
+            .read_fresh(move |l, _| crate::batches::api::dead_letters(l, id))
+            .await
+            .map_err(from_propose)?
+            .ok_or_else(|| Status::not_found(format!("no batch {id}")))?;
+        if filter.task_ids.is_empty() {
+            return Ok(Response::new(v1::CountResponse { count: 0 }));
+        }
+        match self.propose(Command::RequeueDeadLetters { filter }).await? {
+            Outcome::Count(count) => Ok(Response::new(v1::CountResponse { count })),
+            other => Err(unexpected(other)),
+        }
     }
 }
 

@@ -83,6 +83,8 @@ pub fn allowed(path: &str) -> &'static [Role] {
     match path.strip_prefix("/kiln.v1.") {
         Some("Scheduler/Submit" | "Scheduler/GetTask" | "Scheduler/ListTasks" | "Scheduler/Status") => READ,
         Some("Scheduler/ListWorkers" | "Scheduler/Cluster" | "Scheduler/ListFeatures") => READ,
+        Some("Scheduler/SubmitBatch" | "Scheduler/GetBatch" | "Scheduler/ListBatches") => READ,
+        Some("Scheduler/ControlBatch" | "Scheduler/RequeueBatch") => ADMIN,
         // The upgrade survey: every member asks every other what it supports.
         Some("Scheduler/Support") => &[Role::Peer, Role::Submit, Role::Admin],
         Some("Scheduler/Cancel" | "Scheduler/RequeueDeadLetters" | "Scheduler/PurgeDeadLetters") => ADMIN,

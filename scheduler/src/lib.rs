@@ -20,10 +20,12 @@
 //!   `protobuf` 2 parser would overflow its stack on.
 //! - `http`: metrics and health; `metrics`, `kpi`, `raft_metrics`: what `/metrics` serves.
 //! - `ui`: the dashboard at `/ui`.
+//! - [`batches`]: catalog batches: the leader's streaming admission from the manifest, webhooks.
 //! - `upgrade`: rolling upgrades: what each member supports, and the gate for feature flags.
 
 mod api;
 mod auth;
+pub mod batches;
 mod convert;
 mod failpoint;
 mod failure;
@@ -83,6 +85,8 @@ pub enum Error {
     Tls(#[from] kiln_proto::TlsError),
     #[error("TLS: {0}")]
     TlsConfig(String),
+    #[error("cannot read batches.webhook_secret_file {0}: {1}")]
+    WebhookSecret(std::path::PathBuf, std::io::Error),
 }
 
 fn start_advice(kind: &FailureKind) -> String {
@@ -289,6 +293,12 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
     if opts.auto_enable_features {
         tasks.spawn(upgrade::auto_enable(handle.clone(), support(opts), std::time::Duration::from_secs(5)));
     }
+    let webhook_secret = match &opts.batches.webhook_secret_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| Error::WebhookSecret(path.clone(), e))?),
+        None => None,
+    };
+    tasks.spawn(batches::admission::run(handle.clone(), opts.batches.clone(), stop_rx.clone()));
+    tasks.spawn(batches::webhook::run(handle.clone(), opts.batches.clone(), webhook_secret, stop_rx.clone()));
     if let Some(format) = opts.emulate_format {
         tracing::warn!(format, "emulating an older release: newer log formats and feature flags are hidden");
     }
@@ -319,6 +329,7 @@ pub async fn start(opts: &SchedulerOptions) -> Result<Running, Error> {
             handle.clone(),
             hub.clone(),
             support(opts),
+            opts.batches.clone(),
         )))
         .add_service(v1::worker_session_server::WorkerSessionServer::new(sessions::SessionService::new(hub.clone())))
         .add_service(

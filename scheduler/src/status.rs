@@ -36,6 +36,10 @@ pub fn from_rejection(r: Rejection) -> Status {
         Rejection::ConflictingRequest { .. } => Code::AlreadyExists,
         Rejection::UnknownFeature(_) => Code::NotFound,
         Rejection::FeatureDisabled { .. } => Code::FailedPrecondition,
+        Rejection::UnknownBatch(_) => Code::NotFound,
+        Rejection::BatchNotRunning { .. } | Rejection::StaleCursor { .. } => Code::FailedPrecondition,
+        Rejection::BatchWindowFull { .. } => Code::ResourceExhausted,
+        Rejection::InvalidBatch(_) => Code::InvalidArgument,
     };
     Status::new(code, r.to_string())
 }

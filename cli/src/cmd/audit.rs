@@ -46,6 +46,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             "completed_twice": report.completed_twice,
             "lost": expected.as_ref().map(|_| report.lost),
             "replicas_agree": report.replicas_agree,
+            "batches": report.batches,
+            "batches_inconsistent": report.batches_inconsistent,
             "members": report.members.iter().map(|m| serde_json::json!({
                 "id": m.id,
                 "address": m.address,
@@ -66,6 +68,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             "stuck {}; duplicated {}; completed twice {}; lost {lost}",
             report.stuck, report.duplicated, report.completed_twice
         );
+        if report.batches > 0 {
+            println!("{} batches, {} with counters that do not add up", report.batches, report.batches_inconsistent);
+        }
         let rows: Vec<Vec<String>> = report
             .members
             .iter()

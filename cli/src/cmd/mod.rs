@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod audit;
+pub mod batch;
 pub mod cluster;
 pub mod completion;
 pub mod demo;

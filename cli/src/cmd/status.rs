@@ -121,6 +121,17 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             .collect();
         output::table(&["QUEUE", "READY", "RETRYING", "LEASED"], &rows);
     }
+    // Batches still running (or still finishing their last tasks); a cluster that never ran one,
+    // or runs a release without them, shows none.
+    let batches = crate::cmd::batch::fetch_all(&mut client).await.unwrap_or_default();
+    let active: Vec<v1::Batch> = batches.into_iter().filter(|b| !crate::cmd::batch::finished(b)).collect();
+    if !active.is_empty() {
+        println!();
+        output::table(
+            &["BATCH", "NAME", "STATE", "DONE", "LIVE", "DEAD", "BAD", "RATE/S", "ETA"],
+            &crate::cmd::batch::rows(&active),
+        );
+    }
     Ok(())
 }
 

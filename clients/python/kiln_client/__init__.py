@@ -1,4 +1,5 @@
-"""A Python client for Kiln's scheduler: submit jobs, follow them, list tasks and workers.
+"""A Python client for Kiln's scheduler: submit jobs and catalog batches, follow them, list
+tasks and workers.
 
     from kiln_client import Client, EncodeJob
     kiln = Client(["http://sched-1:7450", "http://sched-2:7450"])
@@ -8,8 +9,8 @@
 Any member's address works: the client follows the leader, as `kiln` does.
 """
 
-from .client import Client, KilnError, TaskState, pb
+from .client import BATCH_FINAL_STATES, Client, KilnError, TaskState, pb
 
 EncodeJob = pb.EncodeJob
 
-__all__ = ["Client", "EncodeJob", "KilnError", "TaskState", "pb"]
+__all__ = ["BATCH_FINAL_STATES", "Client", "EncodeJob", "KilnError", "TaskState", "pb"]

@@ -2,6 +2,7 @@
 
 import pathlib
 import time
+import uuid
 from typing import Iterable, Iterator, List, Optional, Sequence
 
 import grpc
@@ -18,6 +19,9 @@ LEADER_METADATA = "kiln-leader"
 MAX_JOBS_PER_SUBMIT = 10_000
 
 TaskState = pb.TaskState
+
+#: Batch states (`Batch.state`) after which no more manifest lines are admitted.
+BATCH_FINAL_STATES = frozenset({"done", "cancelled", "failed"})
 
 
 class KilnError(Exception):
@@ -166,6 +170,95 @@ class Client:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(open_ids)} of {len(request_ids)} tasks still open after {timeout} s")
             time.sleep(poll)
+
+    # -- catalog batches -------------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        source: str,
+        *,
+        name: str = "",
+        format: str = "",
+        queue: str = "",
+        priority: int = 0,
+        window: int = 0,
+        on_bad_line: str = "stop",
+        webhook: str = "",
+        request_id: str = "",
+    ) -> pb.Batch:
+        """Submits a manifest (JSONL or CSV) as a catalog batch: the leader reads `source` (a
+        path or URL every scheduler can read: /nfs/m.jsonl, s3://…, gs://…, az://…, http(s)://…)
+        and admits its lines a window at a time. Empty or zero arguments take the scheduler's
+        defaults (`format` from the source's extension, `window` from its config). `on_bad_line`
+        is "stop" (the batch fails at the first bad line) or "skip" (counted and passed over).
+
+        The same `request_id` returns the same batch; without one, a fresh id is sent so that a
+        retried call cannot create a second batch (it is in the returned `spec.request_id`)."""
+        spec = pb.BatchSpec(
+            name=name,
+            source=source,
+            format=format,
+            queue=queue,
+            priority=priority,
+            window=window,
+            on_bad_line=on_bad_line,
+            webhook=webhook,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        return self._call("SubmitBatch", spec)
+
+    def batch(self, batch_id: int) -> pb.Batch:
+        """One batch: its state, counters, cursor and first bad lines."""
+        return self._call("GetBatch", pb.GetBatchRequest(id=batch_id))
+
+    def batches(self) -> List[pb.Batch]:
+        """Every batch the cluster knows."""
+        return list(self._call("ListBatches", pb.ListBatchesRequest()).batches)
+
+    def pause_batch(self, batch_id: int) -> pb.Batch:
+        """Stops admitting lines (tasks already admitted go on); pausing a paused batch is a no-op."""
+        return self._control_batch(batch_id, "pause")
+
+    def resume_batch(self, batch_id: int) -> pb.Batch:
+        """Admits lines again; resuming a running batch is a no-op."""
+        return self._control_batch(batch_id, "resume")
+
+    def cancel_batch(self, batch_id: int) -> pb.Batch:
+        """Stops admitting lines and cancels the batch's queued tasks (leased ones finish).
+        Cancelling a batch already cancelled returns it; one done or failed raises
+        `KilnError` (FAILED_PRECONDITION)."""
+        try:
+            return self._control_batch(batch_id, "cancel")
+        except KilnError as e:
+            # A retried cancel whose first attempt took effect (or a second cancel) lands here.
+            if e.code == grpc.StatusCode.FAILED_PRECONDITION:
+                current = self.batch(batch_id)
+                if current.state == "cancelled":
+                    return current
+            raise
+
+    def requeue_batch(self, batch_id: int) -> int:
+        """Requeues the batch's dead letters (a finished batch runs again); returns how many."""
+        return self._call("RequeueBatch", pb.GetBatchRequest(id=batch_id)).count
+
+    def wait_batch(self, batch_id: int, timeout: Optional[float] = None, poll: float = 0.5) -> pb.Batch:
+        """Waits until the batch has finished: done, cancelled or failed, with none of its tasks
+        still queued or leased (`live == 0`), and returns it. TimeoutError after `timeout`
+        seconds (None: wait as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            b = self.batch(batch_id)
+            if b.state in BATCH_FINAL_STATES and b.live == 0:
+                return b
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"batch {batch_id} still {b.state} with {b.live} live tasks after {timeout} s "
+                    f"({b.line} lines read, {b.succeeded} succeeded)"
+                )
+            time.sleep(poll)
+
+    def _control_batch(self, batch_id: int, action: str) -> pb.Batch:
+        return self._call("ControlBatch", pb.BatchControlRequest(id=batch_id, action=action))
 
     # -- plumbing --------------------------------------------------------------------------
 

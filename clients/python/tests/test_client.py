@@ -1,4 +1,5 @@
-"""The Python client against a real three-node Kiln cluster and a real worker.
+"""The Python client against a real three-node Kiln cluster and a real worker (jobs and
+catalog batches).
 
 Run from the repository root after `cargo build -p kiln` and `python3 clients/python/generate.py`:
 
@@ -7,6 +8,7 @@ Run from the repository root after `cargo build -p kiln` and `python3 clients/py
 `KILN_BIN` names the kiln binary (default: $CARGO_TARGET_DIR/debug/kiln, else target/debug/kiln).
 """
 
+import json
 import math
 import os
 import pathlib
@@ -160,6 +162,78 @@ class ClusterTest(unittest.TestCase):
             self.assertGreaterEqual(status.total.succeeded, 3)
             one = client.task(task_id=results[1].task_id)
             self.assertEqual(one.job.asset_guid, "tone-1.wav")
+
+    def write_manifest(self, name: str, lines) -> pathlib.Path:
+        """A JSONL manifest in the cluster's directory (the schedulers run on this machine)."""
+        path = pathlib.Path(self.dir.name) / name
+        path.write_text("".join(line + "\n" for line in lines))
+        return path
+
+    @staticmethod
+    def manifest_line(release_id: int, asset_id: int, asset_guid: str) -> str:
+        return json.dumps({
+            "request_id": str(uuid.uuid4()),
+            "release_id": release_id,
+            "asset_id": asset_id,
+            "asset_guid": asset_guid,
+            "derivative_assets": ["loudness", "bpm"],
+        })
+
+    def test_a_manifest_submitted_as_a_batch_runs_to_done_skipping_its_bad_line(self):
+        # One master per line, so no two tasks write the same derivatives.
+        (self.masters / "batch").mkdir(exist_ok=True)
+        for i in range(30):
+            write_tone(self.masters / "batch" / f"tone-{i}.wav")
+        lines = [self.manifest_line(43, i, f"batch/tone-{i}.wav") for i in range(30)]
+        bad_at = 12  # 0-based index in the file: line 13
+        lines.insert(bad_at, "not json")
+        manifest = self.write_manifest("catalog.jsonl", lines)
+        with Client(self.addresses) as client:
+            self.wait_for_workers(client)
+            options = dict(name="py-catalog", on_bad_line="skip", window=10)
+            submitted = client.submit_batch(str(manifest), **options)
+            self.assertEqual(submitted.spec.name, "py-catalog")
+            self.assertEqual(submitted.spec.window, 10)
+            self.assertTrue(submitted.spec.request_id, "the client sends a request id")
+            again = client.submit_batch(str(manifest), **options, request_id=submitted.spec.request_id)
+            self.assertEqual(again.id, submitted.id, "idempotent by request_id")
+
+            done = client.wait_batch(submitted.id, timeout=300)
+            self.assertEqual(done.state, "done", f"{done}\n{self.logs_text()}")
+            self.assertEqual(done.admitted, 30)
+            self.assertEqual(done.bad_lines, 1)
+            self.assertEqual(done.succeeded, 30)
+            self.assertEqual((done.live, done.dead_lettered, done.duplicates), (0, 0, 0))
+            self.assertEqual(done.first_bad_lines[0].line, bad_at + 1)
+            self.assertTrue(done.source_done)
+            self.assertEqual(done.line, 31)
+            self.assertIn(submitted.id, [b.id for b in client.batches()])
+            self.assertEqual(client.batch(submitted.id).state, "done")
+
+    def test_a_batch_can_be_paused_resumed_and_cancelled(self):
+        # A queue no worker serves: the batch's tasks stay queued until it is cancelled.
+        lines = [self.manifest_line(44, i, f"tone-{i % 3}.wav") for i in range(20)]
+        manifest = self.write_manifest("held.jsonl", lines)
+        with Client(self.addresses) as client:
+            b = client.submit_batch(str(manifest), queue="py-held", window=5)
+            deadline = time.monotonic() + 30
+            while b.admitted < 5:
+                self.assertLess(time.monotonic(), deadline, f"the batch never filled its window\n{b}")
+                time.sleep(0.1)
+                b = client.batch(b.id)
+            self.assertEqual(client.pause_batch(b.id).state, "paused")
+            self.assertEqual(client.pause_batch(b.id).state, "paused", "pausing twice is a no-op")
+            self.assertEqual(client.resume_batch(b.id).state, "running")
+            cancelled = client.cancel_batch(b.id)
+            self.assertEqual(cancelled.state, "cancelled")
+            self.assertEqual(client.cancel_batch(b.id).state, "cancelled", "cancelling twice returns it")
+            finished = client.wait_batch(b.id, timeout=30)
+            self.assertEqual((finished.state, finished.admitted, finished.cancelled, finished.live),
+                             ("cancelled", 5, 5, 0))
+            self.assertEqual(client.requeue_batch(b.id), 0, "no dead letters")
+            with self.assertRaises(KilnError) as caught:
+                client.batch(999_999)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
 
     def test_a_refused_call_raises_with_the_grpc_code(self):
         with Client(self.addresses) as client:

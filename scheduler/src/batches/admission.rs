@@ -1,0 +1,160 @@
+//! Streaming admission: on the leader, read each running batch's manifest ahead of its committed
+//! cursor and propose `AdmitBatch` as its window frees.
+//!
+//! Only committed state drives it: the cursor and the free window are read from the ledger, and a
+//! proposal names the cursor it starts from, so a proposal that raced another (a leader change,
+//! a retry) is refused by the ledger instead of admitting lines twice. After any refusal or error
+//! the batch's reader is dropped and reopened at the committed cursor.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kiln_config::BatchOptions;
+use kiln_ledger::batches::{BadLinePolicy, BatchSpec, Cursor};
+use kiln_ledger::{Command, Rejection};
+use kiln_proto::v1;
+use tokio::sync::watch;
+
+use super::source::{Chunk, Reader, Source};
+use crate::handle::Handle;
+
+/// How often an idle leader looks for batches with room in their window.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A batch the leader may admit lines for, as the ledger has it now.
+struct Wanting {
+    id: u64,
+    spec: BatchSpec,
+    cursor: Cursor,
+    free: u64,
+}
+
+/// Runs until `stop` turns true.
+pub(crate) async fn run(handle: Handle, opts: BatchOptions, mut stop: watch::Receiver<bool>) {
+    let mut readers: HashMap<u64, Reader> = HashMap::new();
+    let mut failing: HashMap<u64, (String, tokio::time::Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let wanting = match handle
+            .read(|l, node| {
+                if !node.is_leader {
+                    return None;
+                }
+                let wanting = l.batches().iter().filter(|b| b.wants_lines());
+                Some(
+                    wanting
+                        .map(|b| Wanting { id: b.id, spec: b.spec.clone(), cursor: b.cursor, free: b.free_window() })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+        {
+            Ok(Some(wanting)) => wanting,
+            Ok(None) => {
+                readers.clear();
+                continue;
+            }
+            Err(_) => continue,
+        };
+        readers.retain(|id, _| wanting.iter().any(|w| w.id == *id));
+        for batch in wanting {
+            let id = batch.id;
+            if failing.get(&id).is_some_and(|(_, retry_at)| tokio::time::Instant::now() < *retry_at) {
+                continue;
+            }
+            match admit(&handle, &opts, &mut readers, batch).await {
+                Ok(()) => {
+                    if failing.remove(&id).is_some() {
+                        tracing::info!(batch = id, "batch admission resumed");
+                    }
+                }
+                Err(error) => {
+                    readers.remove(&id);
+                    // Said once per distinct error, not every 5 s.
+                    if failing.get(&id).is_none_or(|(last, _)| *last != error) {
+                        tracing::warn!(batch = id, %error, "batch admission paused; retrying every 5 s");
+                    }
+                    failing.insert(id, (error, tokio::time::Instant::now() + Duration::from_secs(5)));
+                }
+            }
+        }
+    }
+}
+
+/// Fills one batch's free window, a chunk per proposal.
+async fn admit(
+    handle: &Handle,
+    opts: &BatchOptions,
+    readers: &mut HashMap<u64, Reader>,
+    batch: Wanting,
+) -> Result<(), String> {
+    let id = batch.id;
+    let fail = |e: String| e;
+    if !readers.contains_key(&id) {
+        let source = Source::open(&batch.spec.source).map_err(|e| fail(e.to_string()))?;
+        let reader = Reader::open(source, batch.spec.format).await.map_err(|e| fail(e.to_string()))?;
+        readers.insert(id, reader);
+    }
+    let Some(reader) = readers.get_mut(&id) else { return Ok(()) };
+    let stop_at_bad = batch.spec.on_bad_line == BadLinePolicy::Stop;
+    let (mut cursor, mut free) = (batch.cursor, batch.free);
+    while free > 0 {
+        let max = (free as usize).min(opts.lines_per_admission);
+        let chunk = reader.next_chunk(cursor, max, stop_at_bad).await.map_err(|e| fail(e.to_string()))?;
+        let Chunk { jobs, mut bad_lines, to, end, source_bytes } = chunk;
+        let jobs = to_ledger_jobs(&batch.spec, jobs, &mut bad_lines);
+        let stopping = stop_at_bad && !bad_lines.is_empty();
+        let taken = jobs.len() as u64;
+        let cmd = Command::AdmitBatch { batch: id, from: cursor, to, jobs, bad_lines, end, source_bytes };
+        match handle.propose(cmd).await {
+            Ok(Ok(_)) => {}
+            // Another proposal got there first, or the batch was paused or cancelled meanwhile:
+            // nothing to do until the next look at the ledger.
+            Ok(Err(Rejection::StaleCursor { .. } | Rejection::BatchNotRunning { .. })) => {
+                readers.remove(&id);
+                return Ok(());
+            }
+            Ok(Err(rejection)) => return Err(fail(rejection.to_string())),
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        cursor = to;
+        free = free.saturating_sub(taken);
+        if end || stopping {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The batch's defaults applied to each line's job, then the job as the ledger holds it. The
+/// reader has checked every line already; a line that still does not convert (a batch queue name
+/// that is invalid) becomes a bad line.
+fn to_ledger_jobs(
+    spec: &BatchSpec,
+    jobs: Vec<(u64, v1::EncodeJob)>,
+    bad_lines: &mut Vec<kiln_ledger::batches::BadLine>,
+) -> Vec<(u64, kiln_types::EncodeJob)> {
+    jobs.into_iter()
+        .filter_map(|(line, mut job)| {
+            if job.queue.is_empty() {
+                job.queue = spec.queue.clone();
+            }
+            if job.priority == 0 {
+                job.priority = spec.priority;
+            }
+            match kiln_proto::job_from_pb(job) {
+                Ok(job) => Some((line, job)),
+                Err(e) => {
+                    bad_lines.push(kiln_ledger::batches::BadLine { line, reason: e.to_string() });
+                    None
+                }
+            }
+        })
+        .collect()
+}
