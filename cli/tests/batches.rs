@@ -197,9 +197,12 @@ fn pause_resume_cancel_and_bad_lines_under_each_policy() {
     assert!(text.contains("cancelled") && text.contains("failed") && text.contains("done"), "{text}");
 }
 
+/// Every request a receiver took: its head (request line and headers) and body.
+type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An HTTP receiver that answers 500 to its first `failures` requests and 204 after, keeping
 /// every request's headers and body.
-fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+fn receiver(failures: usize) -> (String, Requests) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     let seen = Arc::new(Mutex::new(Vec::new()));

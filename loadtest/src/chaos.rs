@@ -95,9 +95,9 @@ pub struct Load {
 }
 
 /// A spawned scheduler node.
-struct Node {
-    id: u64,
-    address: String,
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) address: String,
     config: PathBuf,
     log: PathBuf,
     child: Option<tokio::process::Child>,
@@ -121,6 +121,10 @@ impl Node {
         Ok(())
     }
 
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     fn signal(&self, signal: libc::c_int) {
         if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
             #[allow(unsafe_code)]
@@ -131,7 +135,7 @@ impl Node {
         }
     }
 
-    async fn kill9(&mut self) {
+    pub(crate) async fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.start_kill();
             let _ = c.wait().await;
@@ -164,7 +168,7 @@ fn tls_init(args: &ClusterArgs, dir: &std::path::Path, workers: u32) -> anyhow::
     Ok(Some(tls))
 }
 
-fn spawn_cluster(
+pub(crate) fn spawn_cluster(
     args: &ClusterArgs,
     dir: &std::path::Path,
     max_live: u64,
@@ -217,7 +221,7 @@ async fn view(address: &str, credentials: &Credentials) -> Option<v1::ClusterRes
     client.call(|mut s| async move { s.cluster(v1::ClusterRequest {}).await }).await.ok()
 }
 
-async fn leader_of(nodes: &[(u64, String)], credentials: &Credentials) -> Option<u64> {
+pub(crate) async fn leader_of(nodes: &[(u64, String)], credentials: &Credentials) -> Option<u64> {
     for (_, address) in nodes {
         if let Some(v) = view(address, credentials).await {
             if v.role == "leader" {

@@ -13,6 +13,7 @@
 //! `--fleet` runs the heterogeneous-fleet scenario instead (see
 //! [`fleet`]): makespan against its lower bound, with work stealing on and off.
 
+mod catalog;
 mod chaos;
 mod fleet;
 mod sim;
@@ -83,6 +84,16 @@ struct Args {
     alpha: f64,
     #[arg(long, default_value_t = 1, requires = "fleet")]
     seed: u64,
+    /// A catalog of this many lines through --cluster N: one batch from a generated manifest,
+    /// sampling each scheduler's RSS, then the snapshot size, the rate and the total time.
+    #[arg(long, default_value_t = 0)]
+    catalog_lines: u64,
+    /// With --catalog-lines: the same lines as plain Submit calls instead of a batch.
+    #[arg(long)]
+    plain: bool,
+    /// With --catalog-lines: the batch's window (default: the scheduler's).
+    #[arg(long, default_value_t = 0)]
+    window: u64,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -104,6 +115,19 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.catalog_lines > 0 {
+        let load = catalog::Catalog {
+            lines: args.catalog_lines,
+            plain: args.plain,
+            window: args.window,
+            workers: args.workers,
+            slots: args.slots,
+            prefetch: args.prefetch,
+            task_ms: args.task_ms,
+            json: args.json,
+        };
+        return catalog::run(load, args.cluster).await;
+    }
     if args.cluster.wanted() {
         let load = chaos::Load {
             tasks: args.tasks,

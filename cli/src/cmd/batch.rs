@@ -221,10 +221,10 @@ pub fn rows(batches: &[v1::Batch]) -> Vec<Vec<String>> {
 
 async fn get(ctx: &Context, id: u64) -> anyhow::Result<v1::Batch> {
     let mut client = ctx.client()?;
-    Ok(client
+    client
         .call(|mut s| async move { s.get_batch(v1::GetBatchRequest { id }).await })
         .await
-        .with_context(|| format!("cannot read batch {id}"))?)
+        .with_context(|| format!("cannot read batch {id}"))
 }
 
 async fn show(ctx: &Context, id: u64) -> anyhow::Result<()> {

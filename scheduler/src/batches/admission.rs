@@ -95,18 +95,18 @@ async fn admit(
     batch: Wanting,
 ) -> Result<(), String> {
     let id = batch.id;
-    let fail = |e: String| e;
-    if !readers.contains_key(&id) {
-        let source = Source::open(&batch.spec.source).map_err(|e| fail(e.to_string()))?;
-        let reader = Reader::open(source, batch.spec.format).await.map_err(|e| fail(e.to_string()))?;
-        readers.insert(id, reader);
-    }
-    let Some(reader) = readers.get_mut(&id) else { return Ok(()) };
+    let reader = match readers.entry(id) {
+        std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            let source = Source::open(&batch.spec.source).map_err(|e| e.to_string())?;
+            slot.insert(Reader::open(source, batch.spec.format).await.map_err(|e| e.to_string())?)
+        }
+    };
     let stop_at_bad = batch.spec.on_bad_line == BadLinePolicy::Stop;
     let (mut cursor, mut free) = (batch.cursor, batch.free);
     while free > 0 {
         let max = (free as usize).min(opts.lines_per_admission);
-        let chunk = reader.next_chunk(cursor, max, stop_at_bad).await.map_err(|e| fail(e.to_string()))?;
+        let chunk = reader.next_chunk(cursor, max, stop_at_bad).await.map_err(|e| e.to_string())?;
         let Chunk { jobs, mut bad_lines, to, end, source_bytes } = chunk;
         let jobs = to_ledger_jobs(&batch.spec, jobs, &mut bad_lines);
         let stopping = stop_at_bad && !bad_lines.is_empty();
@@ -120,8 +120,8 @@ async fn admit(
                 readers.remove(&id);
                 return Ok(());
             }
-            Ok(Err(rejection)) => return Err(fail(rejection.to_string())),
-            Err(e) => return Err(fail(e.to_string())),
+            Ok(Err(rejection)) => return Err(rejection.to_string()),
+            Err(e) => return Err(e.to_string()),
         }
         cursor = to;
         free = free.saturating_sub(taken);
