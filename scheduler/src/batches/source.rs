@@ -35,7 +35,14 @@ pub struct Source {
 }
 
 impl Source {
+    /// The manifest at `location`; cloud stores are configured from the environment.
     pub fn open(location: &str) -> Result<Self, SourceError> {
+        Self::open_with(location, cloud_env())
+    }
+
+    /// As [`Self::open`], with explicit store options (`aws_endpoint`, `aws_access_key_id`, …)
+    /// instead of the environment's.
+    pub fn open_with(location: &str, options: Vec<(String, String)>) -> Result<Self, SourceError> {
         let fail = |reason: String| SourceError::Open { location: location.to_owned(), reason };
         let local = location.strip_prefix("file://").or((!location.contains("://")).then_some(location));
         if let Some(path) = local {
@@ -44,7 +51,7 @@ impl Source {
             return Ok(Self { store: Arc::new(LocalFileSystem::new()), path, location: location.to_owned() });
         }
         let url = url::Url::parse(location).map_err(|e| fail(e.to_string()))?;
-        let (store, path) = object_store::parse_url_opts(&url, cloud_env()).map_err(|e| fail(e.to_string()))?;
+        let (store, path) = object_store::parse_url_opts(&url, options).map_err(|e| fail(e.to_string()))?;
         Ok(Self { store: Arc::from(store), path, location: location.to_owned() })
     }
 
