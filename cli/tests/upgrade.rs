@@ -195,7 +195,7 @@ fn a_rolling_upgrade_enables_the_new_command_only_once_every_member_supports_it(
     // One node upgraded: the others still lack it.
     h.restart(3, None);
     let new = h.support(3).expect("node 3");
-    assert_eq!((new.max_format, new.emulated_format), (2, 0));
+    assert_eq!((new.max_format, new.emulated_format), (kiln_ledger::features::FORMAT, 0));
     assert!(new.features.iter().any(|f| f == FEATURE));
     h.assert_enable_refused(&[1, 2]);
 

@@ -85,6 +85,9 @@ write("manifest_line", "nested-arrays-20000.jsonl", b"[" * 20000 + b"]" * 20000)
 write("manifest_line", "huge-number.jsonl", good.replace(b'"release_id":1', b'"release_id":1' + b"0" * 400))
 write("manifest_line", "path-escape.jsonl", good.replace(b"a.wav", b"../../etc/passwd"))
 write("manifest_line", "nul-and-controls.jsonl", good.replace(b"a.wav", b"a\\u0000\\u001b.wav"))
+write("manifest_line", "catalog.csv", b"request_id,release_id,asset_id,asset_guid,derivative_assets,queue,priority\n"
+      b"r1,1,1,m/1.wav,loudness;bpm,backfill,-10\n\"r,2\",1,2,\"m/2.wav\",loudness|aac,,\n"
+      b"r3,x,3,../etc/passwd,loudness\n\"unterminated,1,1,a,b\n")
 
 write("config", "valid.toml", b'[scheduler]\nlisten = "127.0.0.1:7450"\n[worker]\nslots = 4\n')
 write("config", "nested-arrays-5000.toml", b"[scheduler]\npeers = " + b"[" * 5000 + b"]" * 5000 + b"\n")

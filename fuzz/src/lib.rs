@@ -48,11 +48,20 @@ impl Target {
                 let _ = kiln_render::render_artwork(data, &[250, 64]);
             }
             Target::ManifestLine => {
-                // Not UTF-8 is a bad line before parsing (the CLI's reader says so); the rest of
-                // the bytes still get parsed line by line.
+                // Not UTF-8 is a bad line before parsing (the CLI's and the leader's readers say
+                // so); the rest of the bytes still get parsed line by line, as JSONL and, with the
+                // first line as its header, as CSV.
+                let mut columns = None;
                 for line in data.split(|b| *b == b'\n') {
                     if let Ok(text) = std::str::from_utf8(line) {
                         let _ = kiln_proto::manifest::parse_jsonl_line(text.trim());
+                        match &columns {
+                            None => columns = Some(kiln_proto::manifest::CsvColumns::from_header(text.trim())),
+                            Some(Ok(c)) => {
+                                let _ = c.parse(text.trim());
+                            }
+                            Some(Err(_)) => {}
+                        }
                     }
                 }
             }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use kiln_config::BatchOptions;
 use kiln_ledger::batches::{BadLinePolicy, BatchSpec, Cursor};
 use kiln_ledger::{Command, Rejection};
@@ -20,6 +21,9 @@ use crate::handle::Handle;
 
 /// How often an idle leader looks for batches with room in their window.
 const POLL: Duration = Duration::from_millis(50);
+
+/// Admissions of one batch proposed and not yet applied.
+const IN_FLIGHT: usize = 4;
 
 /// A batch the leader may admit lines for, as the ledger has it now.
 struct Wanting {
@@ -104,32 +108,55 @@ async fn admit(
     };
     let stop_at_bad = batch.spec.on_bad_line == BadLinePolicy::Stop;
     let (mut cursor, mut free) = (batch.cursor, batch.free);
-    while free > 0 {
-        let max = (free as usize).min(opts.lines_per_admission);
-        let chunk = reader.next_chunk(cursor, max, stop_at_bad).await.map_err(|e| e.to_string())?;
-        let Chunk { jobs, mut bad_lines, to, end, source_bytes } = chunk;
-        let jobs = to_ledger_jobs(&batch.spec, jobs, &mut bad_lines);
-        let stopping = stop_at_bad && !bad_lines.is_empty();
-        let taken = jobs.len() as u64;
-        let cmd = Command::AdmitBatch { batch: id, from: cursor, to, jobs, bad_lines, end, source_bytes };
-        match handle.propose(cmd).await {
+    // Up to IN_FLIGHT admissions are proposed before the first commits: Raft applies one
+    // leader's proposals in order, so each starts where the one before it ends, and if one is
+    // refused (the batch paused, a new leader) the ones after it are refused as stale too.
+    let mut pending = FuturesOrdered::new();
+    let (mut reading, mut error, mut reopen) = (true, None, false);
+    loop {
+        while reading && pending.len() < IN_FLIGHT && free > 0 {
+            let max = (free as usize).min(opts.lines_per_admission);
+            let chunk = match reader.next_chunk(cursor, max, stop_at_bad).await {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            };
+            let Chunk { jobs, mut bad_lines, to, end, source_bytes } = chunk;
+            let jobs = to_ledger_jobs(&batch.spec, jobs, &mut bad_lines);
+            let stopping = stop_at_bad && !bad_lines.is_empty();
+            free = free.saturating_sub(jobs.len() as u64);
+            let cmd = Command::AdmitBatch { batch: id, from: cursor, to, jobs, bad_lines, end, source_bytes };
+            pending.push_back(handle.propose(cmd));
+            cursor = to;
+            reading = !(end || stopping);
+        }
+        if error.is_some() {
+            reading = false;
+        }
+        let Some(result) = pending.next().await else { break };
+        match result {
             Ok(Ok(_)) => {}
             // Another proposal got there first, or the batch was paused or cancelled meanwhile:
             // nothing to do until the next look at the ledger.
             Ok(Err(Rejection::StaleCursor { .. } | Rejection::BatchNotRunning { .. })) => {
-                readers.remove(&id);
-                return Ok(());
+                (reading, reopen) = (false, true);
             }
-            Ok(Err(rejection)) => return Err(rejection.to_string()),
-            Err(e) => return Err(e.to_string()),
-        }
-        cursor = to;
-        free = free.saturating_sub(taken);
-        if end || stopping {
-            break;
+            Ok(Err(rejection)) => {
+                reading = false;
+                error.get_or_insert(rejection.to_string());
+            }
+            Err(e) => {
+                reading = false;
+                error.get_or_insert(e.to_string());
+            }
         }
     }
-    Ok(())
+    if reopen {
+        readers.remove(&id);
+    }
+    error.map_or(Ok(()), Err)
 }
 
 /// The batch's defaults applied to each line's job, then the job as the ledger holds it. The
