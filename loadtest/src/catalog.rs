@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use kiln_proto::{v1, Credentials};
 
 use crate::chaos::{leader_of, spawn_cluster, ClusterArgs};
-use crate::worker::{self, Pace, Probe, Spec};
+use crate::worker::{self, Probe, Spec};
 
 pub struct Catalog {
     pub lines: u64,
@@ -95,16 +95,8 @@ pub async fn run(load: Catalog, args: ClusterArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for w in 0..load.workers {
-        let spec = Spec {
-            id: format!("{run_id}-w{w}"),
-            tls: None,
-            schedulers: addresses.clone(),
-            slots: load.slots,
-            prefetch: load.prefetch,
-            auto_prefetch: false,
-            speed: 1.0,
-            pace: Pace::Fixed(Duration::from_millis(load.task_ms)),
-        };
+        let id = format!("{run_id}-w{w}");
+        let spec = Spec::fixed(id, addresses.clone(), load.slots, load.prefetch, load.task_ms);
         workers.push(worker::spawn(spec, probe.clone(), stop_rx.clone())?);
     }
 

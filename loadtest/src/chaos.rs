@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use kiln_proto::{v1, Credentials};
 
-use crate::worker::{self, Pace, Probe, Spec};
+use crate::worker::{self, Probe, Spec};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
@@ -311,17 +311,10 @@ pub async fn run(load: Load, args: ClusterArgs) -> anyhow::Result<()> {
             key_file: t.join(format!("worker-{}-key.pem", w + 1)),
             server_name: kiln_config::SCHEDULER_SERVER_NAME.to_owned(),
         });
-        let spec = Spec {
-            // Under TLS a worker's id is the one its certificate names.
-            id: if tls.is_some() { format!("worker-{}", w + 1) } else { format!("{run_id}-w{w}") },
-            tls: worker_tls,
-            schedulers: addresses.clone(),
-            slots: load.slots,
-            prefetch: load.prefetch,
-            auto_prefetch: false,
-            speed: 1.0,
-            pace: Pace::Fixed(Duration::from_millis(load.task_ms)),
-        };
+        // Under TLS a worker's id is the one its certificate names.
+        let id = if tls.is_some() { format!("worker-{}", w + 1) } else { format!("{run_id}-w{w}") };
+        let spec =
+            Spec { tls: worker_tls, ..Spec::fixed(id, addresses.clone(), load.slots, load.prefetch, load.task_ms) };
         workers.push(worker::spawn(spec, probe.clone(), stop_rx.clone())?);
     }
 

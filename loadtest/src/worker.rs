@@ -227,6 +227,22 @@ pub struct Spec {
     pub pace: Pace,
 }
 
+impl Spec {
+    /// A plaintext worker at full speed whose every task takes `task_ms`.
+    pub fn fixed(id: String, schedulers: Vec<String>, slots: u32, prefetch: u32, task_ms: u64) -> Self {
+        Self {
+            id,
+            tls: None,
+            schedulers,
+            slots,
+            prefetch,
+            auto_prefetch: false,
+            speed: 1.0,
+            pace: Pace::Fixed(Duration::from_millis(task_ms)),
+        }
+    }
+}
+
 /// Starts a real worker with the loadtest's edges; it runs until `stop` turns true, then drains
 /// (gives back what it has not started, delivers its last reports) and ends.
 pub fn spawn(

@@ -37,14 +37,7 @@ struct Wanting {
 pub(crate) async fn run(handle: Handle, opts: BatchOptions, mut stop: watch::Receiver<bool>) {
     let mut readers: HashMap<u64, Reader> = HashMap::new();
     let mut failing: HashMap<u64, (String, tokio::time::Instant)> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+    while super::next_round(&mut stop, POLL).await {
         let wanting = match handle
             .read(|l, node| {
                 if !node.is_leader {

@@ -89,14 +89,7 @@ pub(crate) async fn run(handle: Handle, opts: BatchOptions, secret: Option<Vec<u
         }
     };
     let mut owed: HashMap<(u64, u32), Attempts> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+    while super::next_round(&mut stop, POLL).await {
         let default = opts.webhook.clone();
         let due = handle
             .read(move |l, node| {
