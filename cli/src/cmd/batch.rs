@@ -1,5 +1,6 @@
 //! `kiln batch submit|list|show|pause|resume|cancel|wait|requeue`: a whole manifest as one
-//! replicated batch, admitted by the leader a window at a time (docs/batches.md).
+//! replicated batch, admitted by the leader a window at a time (docs/operations.md, "Running a
+//! catalog batch").
 
 use std::time::Duration;
 
